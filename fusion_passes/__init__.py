@@ -1,0 +1,37 @@
+"""Inductor fusion passes for diffusion-transformer and LLM chains.
+
+``torch.compile(model, backend="fusion_passes")`` compiles with Inductor plus these passes;
+``fusion_passes.report()`` says what fused.
+"""
+
+from fusion_passes import adaln  # noqa: F401  (registers the family)
+from fusion_passes.backend import enabled, fusion_passes_backend, inductor_options
+from fusion_passes.config import OPTIONS_KEY, FusionConfig
+from fusion_passes.pass_manager import FusionPassManager
+from fusion_passes.patterns import families
+from fusion_passes.report import GLOBAL_REPORT, FusionReport, GraphReport
+
+
+def report() -> FusionReport:
+    """The report of every graph compiled with the passes since the last ``reset_report()``."""
+    return GLOBAL_REPORT
+
+
+def reset_report() -> None:
+    """Forget what the global report holds."""
+    GLOBAL_REPORT.clear()
+
+
+__all__ = [
+    "OPTIONS_KEY",
+    "FusionConfig",
+    "FusionPassManager",
+    "FusionReport",
+    "GraphReport",
+    "enabled",
+    "families",
+    "fusion_passes_backend",
+    "inductor_options",
+    "report",
+    "reset_report",
+]

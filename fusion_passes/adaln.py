@@ -1,0 +1,116 @@
+"""AdaLN fusions (SPEC.md F1): ``LayerNorm(x) * (1 + scale) + shift`` -> one fused op.
+
+Variants are generated from one description: the LayerNorm's affine parameters (none, weight,
+weight and bias) times the graph's precision family (fp32 graphs have no casts; fp16/bf16 graphs
+upcast around the norm). Modulation tensors are pattern inputs, so every broadcast shape (``[C]``,
+``[B,1,C]``, ``[B,C][:, None]``) and every strided chunk view matches the same pattern; the check
+below refuses shapes and dtypes the kernel does not take.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+from fusion_passes.kernels import adaln as adaln_kernels
+from fusion_passes.patterns import FusionFamily, PatternVariant, register_family, with_signature
+
+# Stands in for eps while tracing; the matched graph's own eps reaches the replacement.
+EPS_SENTINEL = 1.234567e-5
+
+# Below this many elements of x, Inductor's own fused code is as fast on CUDA (docs/BENCHMARKS.md).
+MIN_CUDA_ELEMENTS = 0
+
+AFFINE_FORMS = {"none": (), "weight": ("weight",), "weight_bias": ("weight", "bias")}
+PRECISIONS = {"fp32": torch.float32, "half": torch.bfloat16}
+
+
+def layer_norm_modulate_search(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The unfused chain as models write it."""
+    return F.layer_norm(x, x.shape[-1:], weight, bias, eps) * (1 + scale) + shift
+
+
+def layer_norm_modulate_replace(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The fused op that replaces it."""
+    return torch.ops.fusion_passes.layer_norm_modulate(x, weight, bias, scale, shift, eps)
+
+
+def _example_inputs(params: tuple[str, ...], dtype: torch.dtype) -> list[Any]:
+    batch, tokens, hidden = 2, 8, 16
+    shapes = {
+        "x": (batch, tokens, hidden),
+        "weight": (hidden,),
+        "bias": (hidden,),
+        "scale": (batch, 1, hidden),
+        "shift": (batch, 1, hidden),
+    }
+    return [EPS_SENTINEL if name == "eps" else torch.empty(shapes[name], dtype=dtype) for name in params]
+
+
+def _variants() -> list[PatternVariant]:
+    variants = []
+    for (affine, affine_params), (precision, dtype) in itertools.product(AFFINE_FORMS.items(), PRECISIONS.items()):
+        params = ("x", *affine_params, "scale", "shift", "eps")
+        variants.append(
+            PatternVariant(
+                name=f"layer_norm[{affine}]*(1+scale)+shift/{precision}",
+                search=with_signature(layer_norm_modulate_search, params),
+                replace=with_signature(layer_norm_modulate_replace, params),
+                example_inputs=lambda params=params, dtype=dtype: _example_inputs(params, dtype),
+                scalar_workaround={"eps": EPS_SENTINEL},
+            )
+        )
+    return variants
+
+
+def _check(values: Mapping[str, Any], output: torch.Tensor) -> str | None:
+    """Why a structurally matched chain must stay unfused, or None."""
+    x, scale, shift = values["x"], values["scale"], values["shift"]
+    weight, bias = values.get("weight"), values.get("bias")
+    operands = {"weight": weight, "bias": bias, "scale": scale, "shift": shift}
+    for name, tensor in operands.items():
+        if tensor is not None and tensor.device != x.device:
+            return f"{name} is on {tensor.device}, x on {x.device}"
+    if not all(isinstance(size, int) for size in x.shape):
+        return f"x shape {tuple(x.shape)} is symbolic; only static shapes are fused"
+    reason = adaln_kernels.unsupported_reason(x, weight, bias, scale, shift)
+    if reason is not None:
+        return reason
+    fused_dtype = adaln_kernels.modulation_dtype(x, scale, shift)
+    if output.dtype != fused_dtype:
+        return f"graph output dtype {output.dtype} differs from the fused op's {fused_dtype}"
+    if x.device.type == "cuda" and not statically_known_true(x.numel() >= MIN_CUDA_ELEMENTS):
+        return f"x has {x.numel()} elements, below the measured break-even {MIN_CUDA_ELEMENTS} on CUDA"
+    return None
+
+
+ADALN = register_family(
+    FusionFamily(
+        name="adaln",
+        description="LayerNorm -> * (1 + scale) + shift (AdaLN modulation)",
+        variants=_variants,
+        check=_check,
+        seed_targets=(torch.ops.aten.var_mean.correction,),
+        seed_hops=10,
+        unmatched_reason="the norm is not followed by a supported * (1 + scale) + shift",
+    )
+)

@@ -1,0 +1,62 @@
+"""User settings of the passes, and how they travel inside torch.compile's ``options`` dict."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+# The key under which our settings travel in torch.compile(..., options={...}).
+OPTIONS_KEY = "fusion_passes"
+
+KNOWN_DEVICES = ("cuda", "cpu")
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionConfig:
+    """Which fusions run, and on which devices.
+
+    ``fusions``: names of the fusion families to apply; None means all of them.
+    ``devices``: device types whose graphs are rewritten. Only CUDA has Triton kernels; on CPU the
+    fused ops run their pure-torch reference, which is slower than Inductor's own C++ code, so CPU
+    is for tests and demonstrations only.
+    """
+
+    fusions: tuple[str, ...] | None = None
+    devices: tuple[str, ...] = ("cuda",)
+
+    def __post_init__(self) -> None:
+        from fusion_passes.patterns import families
+
+        if self.fusions is not None:
+            object.__setattr__(self, "fusions", tuple(self.fusions))
+            unknown = sorted(set(self.fusions) - set(families()))
+            if unknown:
+                raise ValueError(f"fusions: unknown names {unknown}; expected some of {sorted(families())}")
+        object.__setattr__(self, "devices", tuple(self.devices))
+        unknown_devices = sorted(set(self.devices) - set(KNOWN_DEVICES))
+        if unknown_devices:
+            raise ValueError(f"devices: unknown device types {unknown_devices}; expected some of {list(KNOWN_DEVICES)}")
+
+    def enabled_fusions(self) -> tuple[str, ...]:
+        """Names of the enabled families, in application order."""
+        from fusion_passes.patterns import families
+
+        return tuple(name for name in families() if self.fusions is None or name in self.fusions)
+
+    @classmethod
+    def from_value(cls, value: FusionConfig | Mapping[str, Any] | None) -> FusionConfig:
+        """A config from a FusionConfig, a dict of its fields, or None (defaults)."""
+        if value is None:
+            return cls()
+        if isinstance(value, FusionConfig):
+            return value
+        if isinstance(value, Mapping):
+            fields = {field.name for field in dataclasses.fields(cls)}
+            unknown = sorted(set(value) - fields)
+            if unknown:
+                raise ValueError(f"options[{OPTIONS_KEY!r}]: unknown keys {unknown}; expected some of {sorted(fields)}")
+            return cls(**value)
+        raise TypeError(
+            f"options[{OPTIONS_KEY!r}]: expected a FusionConfig or a dict, got {type(value).__name__}"
+        )

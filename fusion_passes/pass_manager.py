@@ -1,0 +1,104 @@
+"""The pass manager: one Inductor CustomGraphPass that runs every enabled fusion family."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch._inductor.custom_graph_pass import CustomGraphPass
+
+from fusion_passes.config import FusionConfig
+from fusion_passes.graph_utils import merge_duplicate_views
+from fusion_passes.patterns import active_run, explain_unfused, families, pattern_pass
+from fusion_passes.report import GLOBAL_REPORT, FusionReport, GraphReport
+
+GraphPass = Callable[[torch.fx.Graph], Any]
+
+
+def as_pass_list(value: GraphPass | Sequence[GraphPass] | None) -> tuple[GraphPass, ...]:
+    """Inductor's hook value (None, one pass, or from torch 2.13 a list) as a tuple of passes."""
+    if value is None:
+        return ()
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    return (value,)
+
+
+@functools.cache
+def _source_digest() -> str:
+    # Every rewrite is a function of the package's sources (patterns, checks, kernels).
+    import fusion_passes
+    import fusion_passes.kernels
+
+    digest = hashlib.sha256()
+    for package in (fusion_passes, fusion_passes.kernels):
+        for path in sorted(Path(package.__path__[0]).glob("*.py")):
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _graph_id(report: FusionReport) -> str:
+    compile_id = torch._guards.CompileContext.current_compile_id()
+    base = str(compile_id) if compile_id is not None else "?"
+    # Forward and backward graphs of one compile share its id.
+    repeats = sum(graph.graph_id.split("#")[0] == base for graph in report.graphs)
+    return base if repeats == 0 else f"{base}#{repeats}"
+
+
+class FusionPassManager(CustomGraphPass):
+    """Runs passes the user already installed, then every enabled fusion family, on a post-grad graph."""
+
+    def __init__(
+        self,
+        config: FusionConfig | None = None,
+        chained: GraphPass | Sequence[GraphPass] | None = None,
+        report: FusionReport = GLOBAL_REPORT,
+    ) -> None:
+        self.config = config or FusionConfig()
+        self.chained = as_pass_list(chained)
+        self.report = report
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        """Rewrite ``graph`` in place and add what happened to the report."""
+        for chained_pass in self.chained:
+            chained_pass(graph)
+        graph_report = GraphReport(graph_id=_graph_id(self.report))
+        merge_duplicate_views(graph)
+        enabled = [families()[name] for name in self.config.enabled_fusions()]
+        with active_run(self.config, graph_report):
+            for family in enabled:
+                pattern_pass(family.name).apply(graph)
+            for family in enabled:
+                explain_unfused(family, graph, graph_report)
+        graph.eliminate_dead_code()
+        self.report.add(graph_report)
+
+    def uuid(self) -> str | None:
+        """Cache key of the rewrite; None (cache bypassed) if a chained pass has no uuid."""
+        chained_uuids = []
+        for chained_pass in self.chained:
+            chained_uuid = chained_pass.uuid() if isinstance(chained_pass, CustomGraphPass) else None
+            if chained_uuid is None:
+                return None
+            chained_uuids.append(repr(chained_uuid))
+        parts = [
+            _source_digest(),
+            torch.__version__,
+            _version("triton"),
+            repr(self.config),
+            *chained_uuids,
+        ]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()

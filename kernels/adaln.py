@@ -1,0 +1,190 @@
+"""AdaLN: LayerNorm followed by modulation, ``y = LN(x) * (1 + scale) + shift`` (SPEC.md F1).
+
+One file holds the op's whole story: the pure-torch reference (CPU and unsupported cases), the
+one-pass Triton kernel, its launcher, and the ``fusion_passes::layer_norm_modulate`` custom op.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from fusion_passes.kernels.common import (
+    SUPPORTED_DTYPES,
+    broadcast_strides,
+    collapse_leading_dims,
+)
+
+# Widest row the kernel keeps in registers; wider rows fall back to the reference.
+MAX_HIDDEN = 16384
+
+
+def modulation_dtype(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor | None) -> torch.dtype:
+    """Result dtype of ``LN(x) * (1 + scale) + shift``: LN keeps x's dtype, then type promotion."""
+    dtype = torch.promote_types(x.dtype, scale.dtype)
+    return dtype if shift is None else torch.promote_types(dtype, shift.dtype)
+
+
+def layer_norm_modulate_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    scale: torch.Tensor,
+    shift: torch.Tensor | None,
+    eps: float,
+) -> torch.Tensor:
+    """Pure-torch LN + modulation with fp32 math and one rounding at the end."""
+    y = F.layer_norm(
+        x.float(),
+        x.shape[-1:],
+        None if weight is None else weight.float(),
+        None if bias is None else bias.float(),
+        eps,
+    )
+    y = y * (1 + scale.float())
+    if shift is not None:
+        y = y + shift.float()
+    return y.to(modulation_dtype(x, scale, shift)).contiguous()
+
+
+def unsupported_reason(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    scale: torch.Tensor,
+    shift: torch.Tensor | None,
+) -> str | None:
+    """Why the Triton kernel cannot run these operands, or None when it can."""
+    operands = {"x": x, "weight": weight, "bias": bias, "scale": scale, "shift": shift}
+    for name, tensor in operands.items():
+        if tensor is not None and tensor.dtype not in SUPPORTED_DTYPES:
+            return f"{name} dtype {tensor.dtype} is not one of {sorted(map(str, SUPPORTED_DTYPES))}"
+    if not 2 <= x.dim() <= 4:
+        return f"x has {x.dim()} dims; the kernel takes 2 to 4"
+    hidden = x.shape[-1]
+    if not 1 <= hidden <= MAX_HIDDEN:
+        return f"hidden size {hidden} is outside 1..{MAX_HIDDEN}"
+    for name in ("weight", "bias"):
+        tensor = operands[name]
+        if tensor is not None and tuple(tensor.shape) != (hidden,):
+            return f"{name} shape {tuple(tensor.shape)} is not ({hidden},)"
+    for name in ("scale", "shift"):
+        tensor = operands[name]
+        if tensor is None:
+            continue
+        if torch.broadcast_shapes(tensor.shape, x.shape) != x.shape:
+            return f"{name} shape {tuple(tensor.shape)} does not broadcast to x shape {tuple(x.shape)}"
+    return None
+
+
+@triton.jit
+def _layer_norm_modulate_kernel(
+    x_ptr, weight_ptr, bias_ptr, scale_ptr, shift_ptr, out_ptr,
+    n_rows, dim1, dim2, hidden, eps,
+    x_s0, x_s1, x_s2, x_sc,
+    scale_s0, scale_s1, scale_s2, scale_sc,
+    shift_s0, shift_s1, shift_s2, shift_sc,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SHIFT: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr, BLOCK_HIDDEN: tl.constexpr,
+):
+    # Rows are the flattened leading dims (dim0, dim1, dim2); each operand brings its own strides
+    # for them, so chunk views and broadcast (stride 0) modulation are read in place.
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    cols = tl.arange(0, BLOCK_HIDDEN)
+    row_mask = rows < n_rows
+    col_mask = cols < hidden
+    mask = row_mask[:, None] & col_mask[None, :]
+    i2 = rows % dim2
+    i1 = (rows // dim2) % dim1
+    i0 = rows // (dim2 * dim1)
+
+    x_offsets = (i0 * x_s0 + i1 * x_s1 + i2 * x_s2)[:, None] + cols[None, :] * x_sc
+    x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=1) / hidden
+    centered = tl.where(mask, x - mean[:, None], 0.0)
+    variance = tl.sum(centered * centered, axis=1) / hidden
+    y = centered * (1.0 / tl.sqrt(variance + eps))[:, None]
+    if HAS_WEIGHT:
+        y = y * tl.load(weight_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+
+    scale_offsets = (i0 * scale_s0 + i1 * scale_s1 + i2 * scale_s2)[:, None] + cols[None, :] * scale_sc
+    scale = tl.load(scale_ptr + scale_offsets, mask=mask, other=0.0).to(tl.float32)
+    y = y * (1.0 + scale)
+    if HAS_SHIFT:
+        shift_offsets = (i0 * shift_s0 + i1 * shift_s1 + i2 * shift_s2)[:, None] + cols[None, :] * shift_sc
+        y = y + tl.load(shift_ptr + shift_offsets, mask=mask, other=0.0).to(tl.float32)
+
+    out_offsets = rows[:, None] * hidden + cols[None, :]
+    tl.store(out_ptr + out_offsets, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def launch_config(hidden: int) -> tuple[int, int, int]:
+    """(BLOCK_HIDDEN, BLOCK_ROWS, num_warps) for a row of ``hidden`` elements."""
+    block_hidden = triton.next_power_of_2(hidden)
+    # Small rows share a program so each one still moves a few KiB.
+    block_rows = max(1, min(16, 2048 // block_hidden))
+    num_warps = min(max(block_hidden * block_rows // 512, 1), 8)
+    return block_hidden, block_rows, num_warps
+
+
+def layer_norm_modulate_triton(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    scale: torch.Tensor,
+    shift: torch.Tensor | None,
+    eps: float,
+    config: tuple[int, int, int] | None = None,
+) -> torch.Tensor:
+    """Launch the one-pass kernel; operands must satisfy ``unsupported_reason(...) is None``."""
+    reason = unsupported_reason(x, weight, bias, scale, shift)
+    if reason is not None:
+        raise ValueError(f"layer_norm_modulate_triton: {reason}")
+    hidden = x.shape[-1]
+    out = torch.empty(x.shape, dtype=modulation_dtype(x, scale, shift), device=x.device)
+    n_rows = out.numel() // hidden
+    if n_rows == 0:
+        return out
+    leading = collapse_leading_dims(x.shape)
+    x_strides = broadcast_strides(x, x.shape)
+    scale_strides = broadcast_strides(scale, x.shape)
+    shift_strides = broadcast_strides(shift, x.shape) if shift is not None else (0, 0, 0, 0)
+    block_hidden, block_rows, num_warps = config or launch_config(hidden)
+    grid = (triton.cdiv(n_rows, block_rows),)
+    _layer_norm_modulate_kernel[grid](
+        x, weight, bias, scale, shift, out,
+        n_rows, leading[1], leading[2], hidden, eps,
+        *x_strides, *scale_strides, *shift_strides,
+        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, HAS_SHIFT=shift is not None,
+        BLOCK_ROWS=block_rows, BLOCK_HIDDEN=block_hidden, num_warps=num_warps,
+    )
+    return out
+
+
+@torch.library.custom_op("fusion_passes::layer_norm_modulate", mutates_args=())
+def layer_norm_modulate(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    scale: torch.Tensor,
+    shift: torch.Tensor | None,
+    eps: float,
+) -> torch.Tensor:
+    """``LN(x) * (1 + scale) + shift`` over the last dim; scale/shift broadcast to x."""
+    return layer_norm_modulate_reference(x, weight, bias, scale, shift, eps)
+
+
+@layer_norm_modulate.register_fake
+def _layer_norm_modulate_fake(x, weight, bias, scale, shift, eps):
+    return torch.empty(x.shape, dtype=modulation_dtype(x, scale, shift), device=x.device)
+
+
+@layer_norm_modulate.register_kernel("cuda")
+def _layer_norm_modulate_cuda(x, weight, bias, scale, shift, eps):
+    if unsupported_reason(x, weight, bias, scale, shift) is not None:
+        return layer_norm_modulate_reference(x, weight, bias, scale, shift, eps)
+    return layer_norm_modulate_triton(x, weight, bias, scale, shift, eps)
