@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 import fusion_passes
 from fusion_passes.kernels import adaln as adaln_kernels
@@ -28,12 +30,24 @@ CALLS_PER_GRAPH = 8
 REPLAYS = 30
 
 
+@triton.jit
+def _copy_kernel(src_ptr, dst_ptr, n, BLOCK: tl.constexpr):
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n
+    tl.store(dst_ptr + offsets, tl.load(src_ptr + offsets, mask=mask), mask=mask)
+
+
 def copy_bandwidth() -> float:
-    """Device-to-device copy bandwidth in bytes/s, counting bytes read plus written."""
-    src = torch.empty(1 << 29, dtype=torch.uint8, device="cuda")
+    """Device-to-device copy bandwidth in bytes/s (read plus written): the best of torch and Triton copies."""
+    src = torch.randn(1 << 28, device="cuda")
     dst = torch.empty_like(src)
-    seconds = time_cuda_graph(lambda: dst.copy_(src), [()]) / 1e3
-    return 2 * src.numel() / seconds
+    block = 4096
+
+    def triton_copy() -> None:
+        _copy_kernel[(triton.cdiv(src.numel(), block),)](src, dst, src.numel(), BLOCK=block, num_warps=8)
+
+    seconds = min(time_cuda_graph(fn, [()]) for fn in (lambda: dst.copy_(src), triton_copy)) / 1e3
+    return 2 * src.numel() * src.element_size() / seconds
 
 
 def time_cuda_graph(fn: Callable[..., object], input_sets: Sequence[tuple]) -> float:
@@ -71,9 +85,45 @@ def adaln_f1_kernel(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
     return adaln_kernels.layer_norm_modulate_triton(x, None, None, scale[:, None], shift[:, None], 1e-6)
 
 
-def adaln_f1_reference(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-    """fp64 reference of ``adaln_f1``."""
-    return adaln_f1(x.double(), emb.double())
+def gated_residual_f1(residual: torch.Tensor, x: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The F2 chain (FLUX's norm2 input); only its F1 part fuses until F2 exists."""
+    shift, scale, gate = emb.chunk(6, dim=1)[:3]
+    r = residual + gate[:, None] * x
+    return r, F.layer_norm(r, r.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
+
+
+def gated_residual_f1_kernel(residual: torch.Tensor, x: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``gated_residual_f1`` with the residual add in eager and F1 through the kernel."""
+    shift, scale, gate = emb.chunk(6, dim=1)[:3]
+    r = residual + gate[:, None] * x
+    return r, adaln_kernels.layer_norm_modulate_triton(r, None, None, scale[:, None], shift[:, None], 1e-6)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """A chain to time: its function, the kernel-only version, inputs and minimum bytes."""
+
+    name: str
+    fn: Callable[..., object]
+    kernel_fn: Callable[..., object]
+    n_activations: int  # [B, L, C] tensors read
+    n_outputs: int  # [B, L, C] tensors written
+
+    def inputs(self, shape: tuple[int, int, int], dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """Fresh random inputs: the activations, then a [B, 6C] modulation embedding."""
+        batch, _tokens, hidden = shape
+        activations = [torch.randn(shape, dtype=dtype, device="cuda") for _ in range(self.n_activations)]
+        return (*activations, torch.randn(batch, 6 * hidden, dtype=dtype, device="cuda"))
+
+    def floor_bytes(self, shape: tuple[int, int, int], dtype: torch.dtype) -> int:
+        """Each activation read once, each output written once, modulation read once."""
+        batch, tokens, hidden = shape
+        element_size = torch.finfo(dtype).bits // 8
+        return element_size * ((self.n_activations + self.n_outputs) * batch * tokens * hidden + 3 * batch * hidden)
+
+
+F1_CASE = Case("F1 LN*(1+s)+t", adaln_f1, adaln_f1_kernel, n_activations=1, n_outputs=1)
+F2_AS_F1_CASE = Case("F2 chain, F1 part fused", gated_residual_f1, gated_residual_f1_kernel, n_activations=2, n_outputs=2)
 
 
 @dataclasses.dataclass
@@ -98,9 +148,11 @@ class Row:
         return self.fused_ms / self.floor_ms
 
 
-def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref|| in fp64."""
-    return ((out.double() - ref).norm() / ref.norm()).item()
+def relative_error(out: torch.Tensor | tuple, ref: torch.Tensor | tuple) -> float:
+    """||out - ref|| / ||ref|| in fp64 (over all outputs of a tuple)."""
+    outs, refs = (out, ref) if isinstance(out, tuple) else ((out,), (ref,))
+    error = sum((o.double() - r).norm() ** 2 for o, r in zip(outs, refs, strict=True)) ** 0.5
+    return (error / sum(r.norm() ** 2 for r in refs) ** 0.5).item()
 
 
 def compile_fresh(fn: Callable, backend: str) -> Callable:
@@ -109,34 +161,26 @@ def compile_fresh(fn: Callable, backend: str) -> Callable:
     return torch.compile(fn, backend=backend, dynamic=False, options=options)
 
 
-def bench_f1(shape: tuple[int, int, int], bandwidth: float, dtype: torch.dtype) -> Row:
-    """One F1 case: x of ``shape``, FLUX-style modulation."""
-    batch, _tokens, hidden = shape
-    input_sets = [
-        (torch.randn(shape, dtype=dtype, device="cuda"), torch.randn(batch, 6 * hidden, dtype=dtype, device="cuda"))
-        for _ in range(INPUT_SETS)
-    ]
+def bench(case: Case, shape: tuple[int, int, int], bandwidth: float, dtype: torch.dtype) -> Row:
+    """Check, then time, one case at one shape."""
+    input_sets = [case.inputs(shape, dtype) for _ in range(INPUT_SETS)]
     torch._dynamo.reset()
     fusion_passes.reset_report()
-    inductor = compile_fresh(adaln_f1, "inductor")
-    fused = compile_fresh(adaln_f1, "fusion_passes")
-    x, emb = input_sets[0]
-    ref = adaln_f1_reference(x, emb)
-    out_fused = fused(x, emb)
-    out_inductor = inductor(x, emb)
-    element_size = torch.finfo(dtype).bits // 8
-    floor_bytes = element_size * (2 * x.numel() + 2 * batch * hidden)
+    inductor = compile_fresh(case.fn, "inductor")
+    fused = compile_fresh(case.fn, "fusion_passes")
+    args = input_sets[0]
+    ref = case.fn(*(a.double() for a in args))
     return Row(
-        case="F1 LN*(1+s)+t",
+        case=case.name,
         shape=shape,
-        eager_ms=time_cuda_graph(adaln_f1, input_sets),
+        rel_err_fused=relative_error(fused(*args), ref),
+        rel_err_inductor=relative_error(inductor(*args), ref),
+        fusions=fusion_passes.report().counts().get("adaln", 0),
+        eager_ms=time_cuda_graph(case.fn, input_sets),
         inductor_ms=time_cuda_graph(inductor, input_sets),
         fused_ms=time_cuda_graph(fused, input_sets),
-        kernel_ms=time_cuda_graph(adaln_f1_kernel, input_sets),
-        floor_ms=floor_bytes / bandwidth * 1e3,
-        fusions=fusion_passes.report().counts().get("adaln", 0),
-        rel_err_fused=relative_error(out_fused, ref),
-        rel_err_inductor=relative_error(out_inductor, ref),
+        kernel_ms=time_cuda_graph(case.kernel_fn, input_sets),
+        floor_ms=case.floor_bytes(shape, dtype) / bandwidth * 1e3,
     )
 
 
@@ -149,15 +193,19 @@ def sweep_f1(shape: tuple[int, int, int], dtype: torch.dtype) -> list[dict]:
         x = torch.randn(shape, dtype=dtype, device="cuda")
         shift, scale = torch.randn(batch, 6 * hidden, dtype=dtype, device="cuda").chunk(6, dim=1)[:2]
         input_sets.append((x, scale[:, None], shift[:, None]))
-    block_hidden = adaln_kernels.launch_config(hidden)[0]
-    for block_rows in (1, 2, 4):
-        for num_warps in (2, 4, 8, 16):
-            config = (block_hidden, block_rows, num_warps)
+    configs = [adaln_kernels.LaunchConfig(1, num_warps) for num_warps in (2, 4, 8)]
+    configs += [
+        adaln_kernels.LaunchConfig(1, num_warps, num_stages, programs_per_sm)
+        for num_warps in (2, 4, 8)
+        for num_stages in (1, 2, 3)
+        for programs_per_sm in (2, 4, 8, 16)
+    ]
+    for config in configs:
 
-            def run(x, scale, shift, config=config):
-                return adaln_kernels.layer_norm_modulate_triton(x, None, None, scale, shift, 1e-6, config=config)
+        def run(x, scale, shift, config=config):
+            return adaln_kernels.layer_norm_modulate_triton(x, None, None, scale, shift, 1e-6, config=config)
 
-            results.append({"shape": shape, "config": config, "ms": time_cuda_graph(run, input_sets)})
+        results.append({"shape": shape, "config": dataclasses.astuple(config), "ms": time_cuda_graph(run, input_sets)})
     return results
 
 
@@ -172,6 +220,7 @@ F1_SHAPES = [
     (1, 256, 1536),
     (2, 512, 64),
 ]
+F2_SHAPES = [(1, 4096, 3072), (1, 32760, 1536), (1, 256, 3072), (1, 1024, 3072), (1, 2048, 3072), (1, 1024, 1536)]
 
 
 def main() -> None:
@@ -183,7 +232,8 @@ def main() -> None:
     torch.manual_seed(0)
     dtype = torch.bfloat16
     bandwidth = copy_bandwidth()
-    rows = [bench_f1(shape, bandwidth, dtype) for shape in F1_SHAPES]
+    rows = [bench(F1_CASE, shape, bandwidth, dtype) for shape in F1_SHAPES]
+    rows += [bench(F2_AS_F1_CASE, shape, bandwidth, dtype) for shape in F2_SHAPES]
     sweep = [r for shape in F1_SHAPES[:3] for r in sweep_f1(shape, dtype)] if args.sweep else []
 
     meta = {

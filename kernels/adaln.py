@@ -6,6 +6,9 @@ one-pass Triton kernel, its launcher, and the ``fusion_passes::layer_norm_modula
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -82,53 +85,88 @@ def unsupported_reason(
 @triton.jit
 def _layer_norm_modulate_kernel(
     x_ptr, weight_ptr, bias_ptr, scale_ptr, shift_ptr, out_ptr,
-    n_rows, dim1, dim2, hidden, eps,
+    dim1, dim2, hidden, eps,
     x_s0, x_s1, x_s2, x_sc,
     scale_s0, scale_s1, scale_s2, scale_sc,
     shift_s0, shift_s1, shift_s2, shift_sc,
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SHIFT: tl.constexpr,
-    BLOCK_ROWS: tl.constexpr, BLOCK_HIDDEN: tl.constexpr,
+    MODULATION_PER_ROW: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr, BLOCK_HIDDEN: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
-    # Rows are the flattened leading dims (dim0, dim1, dim2); each operand brings its own strides
-    # for them, so chunk views and broadcast (stride 0) modulation are read in place.
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    # Grid: (programs over the rows of one batch element, batch element i0). Rows are the flattened
+    # leading dims (i0, i1, i2); each operand brings its own strides for them, so chunk views and
+    # broadcast (stride 0) modulation are read in place. Modulation shared by all rows of a batch
+    # element is loaded once per program instead of once per row.
+    i0 = tl.program_id(1).to(tl.int64)
+    rows_per_batch = dim1 * dim2
     cols = tl.arange(0, BLOCK_HIDDEN)
-    row_mask = rows < n_rows
     col_mask = cols < hidden
-    mask = row_mask[:, None] & col_mask[None, :]
-    i2 = rows % dim2
-    i1 = (rows // dim2) % dim1
-    i0 = rows // (dim2 * dim1)
-
-    x_offsets = (i0 * x_s0 + i1 * x_s1 + i2 * x_s2)[:, None] + cols[None, :] * x_sc
-    x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=1) / hidden
-    centered = tl.where(mask, x - mean[:, None], 0.0)
-    variance = tl.sum(centered * centered, axis=1) / hidden
-    y = centered * (1.0 / tl.sqrt(variance + eps))[:, None]
     if HAS_WEIGHT:
-        y = y * tl.load(weight_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+        weight = tl.load(weight_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
     if HAS_BIAS:
-        y = y + tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+        bias = tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    if not MODULATION_PER_ROW:
+        scale = tl.load(scale_ptr + i0 * scale_s0 + cols * scale_sc, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+        if HAS_SHIFT:
+            shift = tl.load(shift_ptr + i0 * shift_s0 + cols * shift_sc, mask=col_mask, other=0.0).to(tl.float32)[None, :]
 
-    scale_offsets = (i0 * scale_s0 + i1 * scale_s1 + i2 * scale_s2)[:, None] + cols[None, :] * scale_sc
-    scale = tl.load(scale_ptr + scale_offsets, mask=mask, other=0.0).to(tl.float32)
-    y = y * (1.0 + scale)
-    if HAS_SHIFT:
-        shift_offsets = (i0 * shift_s0 + i1 * shift_s1 + i2 * shift_s2)[:, None] + cols[None, :] * shift_sc
-        y = y + tl.load(shift_ptr + shift_offsets, mask=mask, other=0.0).to(tl.float32)
+    n_blocks = tl.cdiv(rows_per_batch, BLOCK_ROWS)
+    for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0), num_stages=NUM_STAGES):
+        rows = block * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS).to(tl.int64)
+        mask = (rows < rows_per_batch)[:, None] & col_mask[None, :]
+        i1 = rows // dim2
+        i2 = rows % dim2
 
-    out_offsets = rows[:, None] * hidden + cols[None, :]
-    tl.store(out_ptr + out_offsets, y.to(out_ptr.dtype.element_ty), mask=mask)
+        x_offsets = (i0 * x_s0 + i1 * x_s1 + i2 * x_s2)[:, None] + cols[None, :] * x_sc
+        x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        if MODULATION_PER_ROW:
+            scale_offsets = (i0 * scale_s0 + i1 * scale_s1 + i2 * scale_s2)[:, None] + cols[None, :] * scale_sc
+            scale = tl.load(scale_ptr + scale_offsets, mask=mask, other=0.0).to(tl.float32)
+            if HAS_SHIFT:
+                shift_offsets = (i0 * shift_s0 + i1 * shift_s1 + i2 * shift_s2)[:, None] + cols[None, :] * shift_sc
+                shift = tl.load(shift_ptr + shift_offsets, mask=mask, other=0.0).to(tl.float32)
+
+        mean = tl.sum(x, axis=1) / hidden
+        centered = tl.where(mask, x - mean[:, None], 0.0)
+        variance = tl.sum(centered * centered, axis=1) / hidden
+        y = centered * (1.0 / tl.sqrt(variance + eps))[:, None]
+        if HAS_WEIGHT:
+            y = y * weight
+        if HAS_BIAS:
+            y = y + bias
+        y = y * (1.0 + scale)
+        if HAS_SHIFT:
+            y = y + shift
+        out_offsets = (i0 * rows_per_batch + rows)[:, None] * hidden + cols[None, :]
+        tl.store(out_ptr + out_offsets, y.to(out_ptr.dtype.element_ty), mask=mask, eviction_policy="evict_first")
 
 
-def launch_config(hidden: int) -> tuple[int, int, int]:
-    """(BLOCK_HIDDEN, BLOCK_ROWS, num_warps) for a row of ``hidden`` elements."""
+@dataclasses.dataclass(frozen=True)
+class LaunchConfig:
+    """How the kernel is launched; ``programs_per_sm == 0`` means one program per block of rows.
+
+    Otherwise at most ``programs_per_sm`` programs per multiprocessor (over all batch elements)
+    loop over the blocks of rows.
+    """
+
+    block_rows: int
+    num_warps: int
+    num_stages: int = 1
+    programs_per_sm: int = 0
+
+
+def launch_config(hidden: int) -> LaunchConfig:
+    """The launch config for rows of ``hidden`` elements (tuned on H200, docs/BENCHMARKS.md)."""
     block_hidden = triton.next_power_of_2(hidden)
     # Small rows share a program so each one still moves a few KiB.
     block_rows = max(1, min(16, 2048 // block_hidden))
-    num_warps = min(max(block_hidden * block_rows // 512, 1), 8)
-    return block_hidden, block_rows, num_warps
+    num_warps = min(max(block_hidden * block_rows // 1024, 1), 8)
+    return LaunchConfig(block_rows=block_rows, num_warps=num_warps, num_stages=2, programs_per_sm=4)
+
+
+@functools.cache
+def _multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def layer_norm_modulate_triton(
@@ -138,7 +176,7 @@ def layer_norm_modulate_triton(
     scale: torch.Tensor,
     shift: torch.Tensor | None,
     eps: float,
-    config: tuple[int, int, int] | None = None,
+    config: LaunchConfig | None = None,
 ) -> torch.Tensor:
     """Launch the one-pass kernel; operands must satisfy ``unsupported_reason(...) is None``."""
     reason = unsupported_reason(x, weight, bias, scale, shift)
@@ -153,14 +191,20 @@ def layer_norm_modulate_triton(
     x_strides = broadcast_strides(x, x.shape)
     scale_strides = broadcast_strides(scale, x.shape)
     shift_strides = broadcast_strides(shift, x.shape) if shift is not None else (0, 0, 0, 0)
-    block_hidden, block_rows, num_warps = config or launch_config(hidden)
-    grid = (triton.cdiv(n_rows, block_rows),)
-    _layer_norm_modulate_kernel[grid](
+    config = config or launch_config(hidden)
+    n_programs = triton.cdiv(n_rows // leading[0], config.block_rows)
+    if config.programs_per_sm and x.is_cuda:
+        per_batch = triton.cdiv(config.programs_per_sm * _multiprocessors(x.device), leading[0])
+        n_programs = min(n_programs, per_batch)
+    modulation_per_row = any(strides[1] or strides[2] for strides in (scale_strides, shift_strides))
+    _layer_norm_modulate_kernel[(n_programs, leading[0])](
         x, weight, bias, scale, shift, out,
-        n_rows, leading[1], leading[2], hidden, eps,
+        leading[1], leading[2], hidden, eps,
         *x_strides, *scale_strides, *shift_strides,
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, HAS_SHIFT=shift is not None,
-        BLOCK_ROWS=block_rows, BLOCK_HIDDEN=block_hidden, num_warps=num_warps,
+        MODULATION_PER_ROW=modulation_per_row,
+        BLOCK_ROWS=config.block_rows, BLOCK_HIDDEN=triton.next_power_of_2(hidden),
+        NUM_STAGES=config.num_stages, num_warps=config.num_warps,
     )
     return out
 
