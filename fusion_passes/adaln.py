@@ -10,21 +10,22 @@ below refuses shapes and dtypes the kernel does not take.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from fusion_passes.kernels import adaln as adaln_kernels
-from fusion_passes.patterns import FusionFamily, PatternVariant, register_family, with_signature
+from fusion_passes.patterns import FusionFamily, MatchedChain, PatternVariant, register_family, with_signature
 
 # Stands in for eps while tracing; the matched graph's own eps reaches the replacement.
 EPS_SENTINEL = 1.234567e-5
 
-# Below this many elements of x, Inductor's own fused code is as fast on CUDA (docs/BENCHMARKS.md).
+# Smallest x (elements) where the fused op beats Inductor alone on CUDA (docs/BENCHMARKS.md).
+# When x comes from a pointwise op (a residual add), Inductor fuses that op into its own norm
+# kernel; replacing the norm splits it off, which only pays at larger sizes.
 MIN_CUDA_ELEMENTS = 0
+MIN_CUDA_ELEMENTS_AFTER_POINTWISE = 0
 
 AFFINE_FORMS = {"none": (), "weight": ("weight",), "weight_bias": ("weight", "bias")}
 PRECISIONS = {"fp32": torch.float32, "half": torch.bfloat16}
@@ -82,10 +83,10 @@ def _variants() -> list[PatternVariant]:
     return variants
 
 
-def _check(values: Mapping[str, Any], output: torch.Tensor) -> str | None:
+def _check(chain: MatchedChain) -> str | None:
     """Why a structurally matched chain must stay unfused, or None."""
-    x, scale, shift = values["x"], values["scale"], values["shift"]
-    weight, bias = values.get("weight"), values.get("bias")
+    x, scale, shift = chain.value("x"), chain.value("scale"), chain.value("shift")
+    weight, bias = chain.value("weight"), chain.value("bias")
     operands = {"weight": weight, "bias": bias, "scale": scale, "shift": shift}
     for name, tensor in operands.items():
         if tensor is not None and tensor.device != x.device:
@@ -96,10 +97,14 @@ def _check(values: Mapping[str, Any], output: torch.Tensor) -> str | None:
     if reason is not None:
         return reason
     fused_dtype = adaln_kernels.modulation_dtype(x, scale, shift)
-    if output.dtype != fused_dtype:
-        return f"graph output dtype {output.dtype} differs from the fused op's {fused_dtype}"
-    if x.device.type == "cuda" and not statically_known_true(x.numel() >= MIN_CUDA_ELEMENTS):
-        return f"x has {x.numel()} elements, below the measured break-even {MIN_CUDA_ELEMENTS} on CUDA"
+    if chain.output.dtype != fused_dtype:
+        return f"graph output dtype {chain.output.dtype} differs from the fused op's {fused_dtype}"
+    if x.device.type == "cuda":
+        after_pointwise = chain.produced_by_pointwise("x")
+        minimum = MIN_CUDA_ELEMENTS_AFTER_POINTWISE if after_pointwise else MIN_CUDA_ELEMENTS
+        if x.numel() < minimum:
+            context = " after a pointwise producer" if after_pointwise else ""
+            return f"x has {x.numel()} elements, below the measured CUDA break-even {minimum}{context}"
     return None
 
 

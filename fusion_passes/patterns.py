@@ -29,9 +29,29 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from fusion_passes.config import FusionConfig
 from fusion_passes.report import GraphReport
 
-# A family check sees the matched operands' fake values (or literals) and the fake output, and
-# returns why the match must not be replaced, or None to replace it.
-FamilyCheck = Callable[[Mapping[str, Any], torch.Tensor], "str | None"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MatchedChain:
+    """What a family check sees of a structural match: its input nodes and its output value."""
+
+    nodes: Mapping[str, Any]  # pattern input name -> fx Node (or a literal such as eps)
+    output: torch.Tensor  # fake value of the chain's output
+
+    def value(self, name: str) -> Any:
+        """The fake tensor (or literal) bound to pattern input ``name``; None if the variant lacks it."""
+        node = self.nodes.get(name)
+        return node.meta.get("val") if isinstance(node, torch.fx.Node) else node
+
+    def produced_by_pointwise(self, name: str) -> bool:
+        """Whether input ``name`` comes from a pointwise op, which Inductor would fuse into the chain."""
+        node = self.nodes.get(name)
+        target = getattr(node, "target", None)
+        return isinstance(target, torch._ops.OpOverload) and torch.Tag.pointwise in target.tags
+
+
+# A family check returns why a structurally matched chain must stay unfused, or None to fuse it.
+FamilyCheck = Callable[[MatchedChain], "str | None"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,13 +118,6 @@ def active_run(config: FusionConfig, report: GraphReport) -> Iterator[None]:
         _ACTIVE_RUN.pop()
 
 
-def _node_values(match: Match) -> dict[str, Any]:
-    return {
-        name: value.meta.get("val") if isinstance(value, torch.fx.Node) else value
-        for name, value in match.kwargs.items()
-    }
-
-
 def _make_extra_check(family: FusionFamily, variant: PatternVariant) -> Callable[[Match], bool]:
     def extra_check(match: Match) -> bool:
         if not _ACTIVE_RUN:
@@ -117,7 +130,7 @@ def _make_extra_check(family: FusionFamily, variant: PatternVariant) -> Callable
         elif output.device.type not in config.devices:
             reason = f"device {output.device.type!r} is not in config.devices {config.devices}"
         else:
-            reason = family.check(_node_values(match), output)
+            reason = family.check(MatchedChain(nodes=dict(match.kwargs), output=output))
         if reason is not None:
             report.add_near_miss(family.name, variant.name, anchor, reason)
             return False

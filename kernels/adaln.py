@@ -156,17 +156,19 @@ class LaunchConfig:
 
 
 def launch_config(hidden: int) -> LaunchConfig:
-    """The launch config for rows of ``hidden`` elements (tuned on H200, docs/BENCHMARKS.md)."""
+    """The launch config for rows of ``hidden`` elements (swept on H200, docs/BENCHMARKS.md)."""
     block_hidden = triton.next_power_of_2(hidden)
     # Small rows share a program so each one still moves a few KiB.
     block_rows = max(1, min(16, 2048 // block_hidden))
     num_warps = min(max(block_hidden * block_rows // 1024, 1), 8)
-    return LaunchConfig(block_rows=block_rows, num_warps=num_warps, num_stages=2, programs_per_sm=4)
+    # About 16 resident warps per multiprocessor, each program pipelining its next rows' loads.
+    return LaunchConfig(block_rows=block_rows, num_warps=num_warps, num_stages=3, programs_per_sm=16 // num_warps)
 
 
 @functools.cache
 def _multiprocessors(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    # The CPU interpreter runs programs one at a time; one "multiprocessor" keeps its grid small.
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 def layer_norm_modulate_triton(
@@ -177,13 +179,21 @@ def layer_norm_modulate_triton(
     shift: torch.Tensor | None,
     eps: float,
     config: LaunchConfig | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Launch the one-pass kernel; operands must satisfy ``unsupported_reason(...) is None``."""
+    """Launch the one-pass kernel into ``out`` (new if None); operands must pass ``unsupported_reason``."""
     reason = unsupported_reason(x, weight, bias, scale, shift)
     if reason is not None:
         raise ValueError(f"layer_norm_modulate_triton: {reason}")
     hidden = x.shape[-1]
-    out = torch.empty(x.shape, dtype=modulation_dtype(x, scale, shift), device=x.device)
+    dtype = modulation_dtype(x, scale, shift)
+    if out is None:
+        out = torch.empty(x.shape, dtype=dtype, device=x.device)
+    elif out.shape != x.shape or out.dtype != dtype or not out.is_contiguous():
+        raise ValueError(
+            f"out: expected a contiguous {dtype} tensor of shape {tuple(x.shape)}, "
+            f"got {out.dtype} {tuple(out.shape)} with strides {out.stride()}"
+        )
     n_rows = out.numel() // hidden
     if n_rows == 0:
         return out
@@ -193,7 +203,7 @@ def layer_norm_modulate_triton(
     shift_strides = broadcast_strides(shift, x.shape) if shift is not None else (0, 0, 0, 0)
     config = config or launch_config(hidden)
     n_programs = triton.cdiv(n_rows // leading[0], config.block_rows)
-    if config.programs_per_sm and x.is_cuda:
+    if config.programs_per_sm:
         per_batch = triton.cdiv(config.programs_per_sm * _multiprocessors(x.device), leading[0])
         n_programs = min(n_programs, per_batch)
     modulation_per_row = any(strides[1] or strides[2] for strides in (scale_strides, shift_strides))
