@@ -1,0 +1,206 @@
+"""Pass manager, backend, stock-backend hooks, report, cache key and FX-graph-cache behaviour."""
+
+import logging
+import operator
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch._inductor.custom_graph_pass import CustomGraphPass
+
+import fusion_passes
+from fusion_passes import FusionConfig, FusionPassManager
+from fusion_passes.graph_utils import merge_duplicate_views
+
+CPU_OPTIONS = {"fusion_passes": {"devices": ("cpu",)}}
+
+
+def chain(x, emb):
+    shift, scale = emb.chunk(2, dim=1)
+    return F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
+
+
+def inputs():
+    return torch.randn(2, 8, 16), torch.randn(2, 32)
+
+
+class CountingPass(CustomGraphPass):
+    """A user's own post-grad pass."""
+
+    def __init__(self, uuid="counting-v1"):
+        self.calls = 0
+        self._uuid = uuid
+
+    def __call__(self, graph):
+        self.calls += 1
+
+    def uuid(self):
+        return self._uuid
+
+
+def test_backend_is_registered_by_entry_point():
+    assert "fusion_passes" in torch._dynamo.list_backends()
+
+
+def test_backend_fuses_and_reports_source_lines():
+    out = torch.compile(chain, backend="fusion_passes", options=CPU_OPTIONS)(*inputs())
+    assert out.shape == (2, 8, 16)
+    report = fusion_passes.report()
+    assert report.counts() == {"adaln": 1}
+    (record,) = report.fused
+    assert "test_pass_manager.py" in record.source and "F.layer_norm" in record.source
+    assert "fused adaln" in report.summary()
+
+
+def test_backend_default_devices_skip_cpu_and_warn(caplog):
+    with caplog.at_level(logging.WARNING, logger="fusion_passes"):
+        torch.compile(chain, backend="fusion_passes")(*inputs())
+    assert fusion_passes.report().counts() == {}
+    assert "matched nothing" in caplog.text
+
+
+def test_report_is_logged(caplog):
+    with caplog.at_level(logging.INFO, logger="fusion_passes"):
+        torch.compile(chain, backend="fusion_passes", options=CPU_OPTIONS)(*inputs())
+    assert "1 fused, 0 near misses" in caplog.text
+
+
+def test_mode_and_inductor_options_pass_through():
+    torch.compile(
+        chain,
+        backend="fusion_passes",
+        options={**CPU_OPTIONS, "max_autotune_pointwise": False, "epilogue_fusion": True},
+    )(*inputs())
+    assert fusion_passes.report().counts() == {"adaln": 1}
+    torch._dynamo.reset()
+    fusion_passes.reset_report()
+    torch.compile(chain, backend="fusion_passes", mode="max-autotune-no-cudagraphs")(*inputs())
+    assert len(fusion_passes.report().graphs) == 1  # compiled with our pass (cpu not enabled)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"fusion_passes": {"fusions": ["nope"]}}, "ValueError: fusions: unknown names ['nope']"),
+        ({"fusion_passes": {"device": ["cpu"]}}, "ValueError: options['fusion_passes']: unknown keys ['device']"),
+        ({"fusion_passes": {"devices": ["tpu"]}}, "ValueError: devices: unknown device types ['tpu']"),
+        ({"fusion_passes": ["cpu"]}, "TypeError: options['fusion_passes']: expected a FusionConfig or a dict, got list"),
+        ({"not_an_inductor_option": 1}, "Unexpected optimization option not_an_inductor_option"),
+    ],
+)
+def test_bad_options_are_named(options, message):
+    # Dynamo wraps backend errors in BackendCompilerFailed, whose text carries ours.
+    with pytest.raises(torch._dynamo.exc.BackendCompilerFailed) as raised:
+        torch.compile(chain, backend="fusion_passes", options=options)(*inputs())
+    assert message in str(raised.value)
+
+
+def test_disabled_fusion_does_not_run():
+    torch.compile(chain, backend="fusion_passes", options={"fusion_passes": {"fusions": [], "devices": ["cpu"]}})(
+        *inputs()
+    )
+    report = fusion_passes.report()
+    assert report.counts() == {} and report.near_misses == []
+
+
+def test_users_own_pass_is_chained_not_dropped():
+    user_pass = CountingPass()
+    with torch._inductor.config.patch(post_grad_custom_post_pass=user_pass):
+        torch.compile(chain, backend="fusion_passes", options=CPU_OPTIONS)(*inputs())
+    assert user_pass.calls == 1
+    assert fusion_passes.report().counts() == {"adaln": 1}
+
+    torch._dynamo.reset()
+    via_options = CountingPass()
+    options = {**CPU_OPTIONS, "post_grad_custom_post_pass": via_options}
+    torch.compile(chain, backend="fusion_passes", options=options)(*inputs())
+    assert via_options.calls == 1
+
+
+def test_stock_backend_options():
+    torch.compile(chain, options=fusion_passes.inductor_options({"devices": ["cpu"]}))(*inputs())
+    assert fusion_passes.report().counts() == {"adaln": 1}
+
+
+def test_stock_backend_context_manager_chains_and_restores():
+    user_pass = CountingPass()
+    with torch._inductor.config.patch(post_grad_custom_post_pass=user_pass):
+        with fusion_passes.enabled(FusionConfig(devices=("cpu",))) as manager:
+            assert torch._inductor.config.post_grad_custom_post_pass is manager
+            torch.compile(chain)(*inputs())
+        assert torch._inductor.config.post_grad_custom_post_pass is user_pass
+    assert user_pass.calls == 1
+    assert fusion_passes.report().counts() == {"adaln": 1}
+
+
+def test_uuid_is_stable_and_tracks_settings():
+    uuid = FusionPassManager(FusionConfig()).uuid()
+    assert uuid == FusionPassManager(FusionConfig()).uuid()
+    assert uuid != FusionPassManager(FusionConfig(devices=("cpu", "cuda"))).uuid()
+    assert uuid != FusionPassManager(FusionConfig(fusions=())).uuid()
+    assert uuid != FusionPassManager(FusionConfig(), chained=CountingPass("v1")).uuid()
+    assert (
+        FusionPassManager(FusionConfig(), chained=CountingPass("v1")).uuid()
+        != FusionPassManager(FusionConfig(), chained=CountingPass("v2")).uuid()
+    )
+
+
+def test_uuid_is_none_when_a_chained_pass_cannot_be_keyed():
+    assert FusionPassManager(FusionConfig(), chained=lambda graph: None).uuid() is None
+    assert FusionPassManager(FusionConfig(), chained=CountingPass(uuid=None)).uuid() is None
+
+
+def test_merge_duplicate_views():
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    first = graph.call_function(torch.ops.aten.split.Tensor, (x, 4, -1))
+    second = graph.call_function(torch.ops.aten.split.Tensor, (x, 4, -1))
+    a = graph.call_function(torch.ops.aten.mul.Tensor, (graph.call_function(operator.getitem, (first, 0)), 2))
+    b = graph.call_function(torch.ops.aten.mul.Tensor, (graph.call_function(operator.getitem, (second, 0)), 3))
+    graph.output((a, b))
+    assert merge_duplicate_views(graph) == 2  # the second split and its getitem
+    splits = graph.find_nodes(op="call_function", target=torch.ops.aten.split.Tensor)
+    assert len(splits) == 1 and len(splits[0].users) == 1
+
+
+CACHE_SCRIPT = textwrap.dedent(
+    """
+    import torch, torch.nn.functional as F
+    import fusion_passes
+    from torch._dynamo.utils import counters
+
+    def chain(x, emb):
+        shift, scale = emb.chunk(2, dim=1)
+        return F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
+
+    compiled = torch.compile(chain, backend="fusion_passes", options={"fusion_passes": {"devices": ["cpu"]}})
+    x, emb = torch.randn(2, 8, 16), torch.randn(2, 32)
+    compiled(x, emb)
+    with torch.profiler.profile() as profile:
+        out = compiled(x, emb)
+    ran_fused = any("fusion_passes::layer_norm_modulate" in e.name for e in profile.events())
+    torch.testing.assert_close(out, chain(x, emb))
+    report = fusion_passes.report()
+    print(f"hits={counters['inductor']['fxgraph_cache_hit']} fused_op_ran={ran_fused} "
+          f"fusions={report.counts().get('adaln', 0)} cache_hit_graphs={sum(g.cache_hit for g in report.graphs)}")
+    """
+)
+
+
+def test_fx_graph_cache_hit_still_runs_the_fused_code(tmp_path):
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path), "TORCHINDUCTOR_FX_GRAPH_CACHE": "1"}
+    env.pop("TORCHINDUCTOR_FORCE_DISABLE_CACHES", None)
+    script = tmp_path / "cache_probe.py"
+    script.write_text(CACHE_SCRIPT)
+
+    def run():
+        done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.strip().splitlines()[-1]
+
+    assert run() == "hits=0 fused_op_ran=True fusions=1 cache_hit_graphs=0"
+    assert run() == "hits=1 fused_op_ran=True fusions=0 cache_hit_graphs=1"
