@@ -24,8 +24,8 @@ EPS_SENTINEL = 1.234567e-5
 # Smallest x (elements) where the fused op beats Inductor alone on CUDA (docs/BENCHMARKS.md).
 # When x comes from a pointwise op (a residual add), Inductor fuses that op into its own norm
 # kernel; replacing the norm splits it off, which only pays at larger sizes.
-MIN_CUDA_ELEMENTS = 1 << 17
-MIN_CUDA_ELEMENTS_AFTER_POINTWISE = 1 << 23
+MIN_CUDA_ELEMENTS = 1 << 20
+MIN_CUDA_ELEMENTS_AFTER_POINTWISE = 1 << 24
 
 AFFINE_FORMS = {"none": (), "weight": ("weight",), "weight_bias": ("weight", "bias")}
 PRECISIONS = {"fp32": torch.float32, "half": torch.bfloat16}

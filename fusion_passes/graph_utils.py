@@ -52,8 +52,10 @@ def merge_duplicate_views(graph: torch.fx.Graph) -> int:
     return removed
 
 
-# FX's "free this value" trailers (";  x = y = None") say nothing about the rewrite.
+# FX's "free this value" trailers (";  x = y = None") and the blank lines it puts between source
+# lines say nothing about the rewrite (and differ between torch versions).
 _FREE_TRAILER = re.compile(r";\s+(?:\w+ = )+None$", re.MULTILINE)
+_BLANK_LINES = re.compile(r"\n\s*\n")
 
 
 def graph_text(gm: torch.fx.GraphModule) -> str:
@@ -61,4 +63,4 @@ def graph_text(gm: torch.fx.GraphModule) -> str:
     from torch._dynamo.testing import normalize_gm
 
     text = gm.print_readable(print_output=False, include_stride=False, include_device=False)
-    return _FREE_TRAILER.sub("", normalize_gm(text))
+    return _BLANK_LINES.sub("\n", _FREE_TRAILER.sub("", normalize_gm(text)))

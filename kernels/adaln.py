@@ -155,6 +155,7 @@ class LaunchConfig:
     programs_per_sm: int = 0
 
 
+@functools.cache
 def launch_config(hidden: int) -> LaunchConfig:
     """The launch config for rows of ``hidden`` elements (swept on H200, docs/BENCHMARKS.md)."""
     block_hidden = triton.next_power_of_2(hidden)
@@ -181,19 +182,24 @@ def layer_norm_modulate_triton(
     config: LaunchConfig | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Launch the one-pass kernel into ``out`` (new if None); operands must pass ``unsupported_reason``."""
+    """Launch the one-pass kernel into ``out`` (new if None), after checking the operands."""
     reason = unsupported_reason(x, weight, bias, scale, shift)
     if reason is not None:
         raise ValueError(f"layer_norm_modulate_triton: {reason}")
-    hidden = x.shape[-1]
     dtype = modulation_dtype(x, scale, shift)
-    if out is None:
-        out = torch.empty(x.shape, dtype=dtype, device=x.device)
-    elif out.shape != x.shape or out.dtype != dtype or not out.is_contiguous():
+    if out is not None and (out.shape != x.shape or out.dtype != dtype or not out.is_contiguous()):
         raise ValueError(
             f"out: expected a contiguous {dtype} tensor of shape {tuple(x.shape)}, "
             f"got {out.dtype} {tuple(out.shape)} with strides {out.stride()}"
         )
+    return _launch(x, weight, bias, scale, shift, eps, config, out)
+
+
+def _launch(x, weight, bias, scale, shift, eps, config=None, out=None):
+    # Unchecked: the op's CUDA path checks once and comes here, keeping host overhead low.
+    hidden = x.shape[-1]
+    if out is None:
+        out = torch.empty(x.shape, dtype=modulation_dtype(x, scale, shift), device=x.device)
     n_rows = out.numel() // hidden
     if n_rows == 0:
         return out
@@ -241,4 +247,4 @@ def _layer_norm_modulate_fake(x, weight, bias, scale, shift, eps):
 def _layer_norm_modulate_cuda(x, weight, bias, scale, shift, eps):
     if unsupported_reason(x, weight, bias, scale, shift) is not None:
         return layer_norm_modulate_reference(x, weight, bias, scale, shift, eps)
-    return layer_norm_modulate_triton(x, weight, bias, scale, shift, eps)
+    return _launch(x, weight, bias, scale, shift, eps)

@@ -46,7 +46,6 @@ class <lambda>(torch.nn.Module):
         split = torch.ops.aten.split.Tensor(arg0_1, 16, 1)
         getitem: "f32[2, 16]" = split[0]
         getitem_1: "f32[2, 16]" = split[1]
-
         var_mean = torch.ops.aten.var_mean.correction(arg1_1, [2], correction = 0, keepdim = True)
         getitem_3: "f32[2, 8, 1]" = var_mean[0]
         getitem_4: "f32[2, 8, 1]" = var_mean[1]
@@ -70,7 +69,6 @@ class <lambda>(torch.nn.Module):
         split = torch.ops.aten.split.Tensor(arg0_1, 16, 1)
         getitem: "f32[2, 16]" = split[0]
         getitem_1: "f32[2, 16]" = split[1]
-
         unsqueeze: "f32[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_1, 1)
         unsqueeze_1: "f32[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem, 1)
         layer_norm_modulate_default: "f32[2, 8, 16]" = torch.ops.fusion_passes.layer_norm_modulate.default(arg1_1, None, None, unsqueeze, unsqueeze_1, 1e-06)
@@ -150,7 +148,6 @@ class <lambda>(torch.nn.Module):
         split = torch.ops.aten.split.Tensor(arg0_1, 16, 1)
         getitem: "bf16[2, 16]" = split[0]
         getitem_1: "bf16[2, 16]" = split[1]
-
         convert_element_type: "f32[2, 8, 16]" = torch.ops.prims.convert_element_type.default(arg1_1, torch.float32)
         var_mean = torch.ops.aten.var_mean.correction(convert_element_type, [2], correction = 0, keepdim = True)
         getitem_3: "f32[2, 8, 1]" = var_mean[0]
@@ -173,7 +170,6 @@ class <lambda>(torch.nn.Module):
         split = torch.ops.aten.split.Tensor(arg0_1, 16, 1)
         getitem: "bf16[2, 16]" = split[0]
         getitem_1: "bf16[2, 16]" = split[1]
-
         unsqueeze: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_1, 1)
         unsqueeze_1: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem, 1)
         layer_norm_modulate_default: "bf16[2, 8, 16]" = torch.ops.fusion_passes.layer_norm_modulate.default(arg1_1, None, None, unsqueeze, unsqueeze_1, 1e-06)
