@@ -40,6 +40,17 @@ def _copy_kernel(src_ptr, dst_ptr, n, BLOCK: tl.constexpr):
     tl.store(dst_ptr + offsets, tl.load(src_ptr + offsets, mask=mask), mask=mask)
 
 
+def time_copy(n_bytes: int, n_sets: int) -> float:
+    """Median ms of a Triton copy of ``n_bytes`` (the practical floor: same bytes, launch included)."""
+    pairs = [(torch.empty(n_bytes // 4, device="cuda").normal_(), torch.empty(n_bytes // 4, device="cuda")) for _ in range(n_sets)]
+    block = 4096
+
+    def copy(src: torch.Tensor, dst: torch.Tensor) -> None:
+        _copy_kernel[(triton.cdiv(src.numel(), block),)](src, dst, src.numel(), BLOCK=block, num_warps=8)
+
+    return time_cuda_graph(copy, pairs)
+
+
 def copy_bandwidth() -> float:
     """Device-to-device copy bandwidth in bytes/s (read plus written): the best of torch and Triton copies."""
     src = torch.randn(1 << 28, device="cuda")
@@ -131,6 +142,7 @@ class Row:
     fused_ms: float
     forced_ms: float
     kernel_ms: float
+    copy_ms: float
     floor_ms: float
     fusions: int
     rel_err_fused: float
@@ -175,6 +187,7 @@ def bench(case: Case, shape: tuple[int, int, int], bandwidth: float, dtype: torc
         "inductor_ms": time_cuda_graph(inductor, input_sets),
         "fused_ms": time_cuda_graph(fused, input_sets),
         "kernel_ms": time_cuda_graph(case.kernel_fn, input_sets) if case.kernel_fn else float("nan"),
+        "copy_ms": time_copy(case.floor_bytes(shape, dtype) // 2, len(input_sets)),
     }
     # The same graph with the size rule lifted: what firing here would cost.
     torch._dynamo.reset()
@@ -264,6 +277,7 @@ F1_SHAPES = [
     (4, 1024, 128),
     (16, 1024, 128),
     (1, 4096, 512),
+    (1, 3072, 4096),
 ]
 F2_SHAPES = [
     (1, 4096, 3072),
@@ -306,12 +320,12 @@ def main() -> None:
         print(f"sweep {result['shape']} config={result['config']} {result['ms'] * 1e3:.1f} us")
     print(json.dumps(meta))
     print("host us per F1 call:", json.dumps({k: round(v, 1) for k, v in overhead.items()}))
-    print("| case | x shape | eager ms | Inductor ms | fused ms | fires | forced ms | kernel ms | floor ms | fused/floor | Inductor/fused | Inductor/forced | rel err fused | rel err Inductor |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| case | x shape | eager ms | Inductor ms | fused ms | fires | forced ms | kernel ms | copy ms | floor ms | fused/floor | Inductor/fused | Inductor/forced | rel err fused | rel err Inductor |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r.case} | {list(r.shape)} | {r.eager_ms:.4f} | {r.inductor_ms:.4f} | {r.fused_ms:.4f} | {r.fusions} | "
-            f"{r.forced_ms:.4f} | {r.kernel_ms:.4f} | {r.floor_ms:.4f} | {r.over_floor:.2f} | {r.speedup:.2f}x | "
+            f"{r.forced_ms:.4f} | {r.kernel_ms:.4f} | {r.copy_ms:.4f} | {r.floor_ms:.4f} | {r.over_floor:.2f} | {r.speedup:.2f}x | "
             f"{r.inductor_ms / r.forced_ms:.2f}x | "
             f"{r.rel_err_fused:.1e} | {r.rel_err_inductor:.1e} |"
         )
