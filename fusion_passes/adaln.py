@@ -21,9 +21,11 @@ from fusion_passes.patterns import FusionFamily, MatchedChain, PatternVariant, r
 # Stands in for eps while tracing; the matched graph's own eps reaches the replacement.
 EPS_SENTINEL = 1.234567e-5
 
-# Smallest x (elements) where the fused op beats Inductor alone on CUDA (docs/BENCHMARKS.md).
-# When x comes from a pointwise op (a residual add), Inductor fuses that op into its own norm
-# kernel; replacing the norm splits it off, which only pays at larger sizes.
+# Where the fused op beats Inductor alone on CUDA (docs/BENCHMARKS.md): rows of at least
+# MIN_CUDA_HIDDEN elements (narrower rows underuse the one-row-per-program kernel) and x of at
+# least MIN_CUDA_ELEMENTS. When x comes from a pointwise op (a residual add), Inductor fuses that
+# op into its own norm kernel; replacing the norm splits it off, which pays only at larger sizes.
+MIN_CUDA_HIDDEN = 1024
 MIN_CUDA_ELEMENTS = 1 << 20
 MIN_CUDA_ELEMENTS_AFTER_POINTWISE = 1 << 24
 
@@ -100,6 +102,8 @@ def _check(chain: MatchedChain) -> str | None:
     if chain.output.dtype != fused_dtype:
         return f"graph output dtype {chain.output.dtype} differs from the fused op's {fused_dtype}"
     if x.device.type == "cuda":
+        if x.shape[-1] < MIN_CUDA_HIDDEN:
+            return f"hidden size {x.shape[-1]} is below the measured CUDA break-even {MIN_CUDA_HIDDEN}"
         after_pointwise = chain.produced_by_pointwise("x")
         minimum = MIN_CUDA_ELEMENTS_AFTER_POINTWISE if after_pointwise else MIN_CUDA_ELEMENTS
         if x.numel() < minimum:

@@ -280,28 +280,25 @@ def test_dynamic_shapes_do_not_fuse_yet():
     assert "symbolic" in result.report.near_misses[0].reason
 
 
-def test_cuda_size_rule_refuses_small_inputs(monkeypatch):
-    monkeypatch.setattr(adaln_family, "MIN_CUDA_ELEMENTS", 1 << 40)
-    fake = torch._subclasses.fake_tensor.FakeTensorMode()
-    with fake:
-        x = torch.empty(2, 8, 16, device="cuda")
-        scale = torch.empty(2, 1, 16, device="cuda")
-    node = torch.fx.Graph().placeholder("x")
+@pytest.mark.parametrize(
+    ("shape", "producer", "reason"),
+    [
+        ((1, 4096, 512), None, "hidden size 512 is below the measured CUDA break-even 1024"),
+        ((1, 64, 3072), None, "x has 196608 elements, below the measured CUDA break-even 1048576"),
+        ((1, 4096, 3072), torch.ops.aten.add.Tensor, "below the measured CUDA break-even 16777216 after a pointwise"),
+        ((1, 4096, 3072), None, None),
+        ((1, 4096, 3072), torch.ops.aten.mm.default, None),
+        ((2, 4096, 3072), torch.ops.aten.add.Tensor, None),
+    ],
+)
+def test_cuda_size_rule(shape, producer, reason):
+    # The rule measured on the GPU (docs/BENCHMARKS.md), checked here on fake CUDA tensors.
+    with torch._subclasses.fake_tensor.FakeTensorMode():
+        x = torch.empty(shape, device="cuda", dtype=torch.bfloat16)
+        scale = torch.empty(shape[0], 1, shape[-1], device="cuda", dtype=torch.bfloat16)
+    graph = torch.fx.Graph()
+    node = graph.placeholder("x") if producer is None else graph.call_function(producer, ())
     node.meta["val"] = x
     chain = adaln_family.MatchedChain(nodes={"x": node, "scale": scale, "shift": scale}, output=x)
-    assert "below the measured CUDA break-even" in adaln_family._check(chain)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("affine", ["none", "weight", "weight_bias"])
-def test_every_generated_variant_fires(affine, dtype):
-    def chain(x, weight, bias, scale, shift):
-        weight = weight if affine != "none" else None
-        bias = bias if affine == "weight_bias" else None
-        return F.layer_norm(x, x.shape[-1:], weight, bias) * (1 + scale) + shift
-
-    args = [torch.randn(shape, dtype=dtype) for shape in [(2, 4, 8), (8,), (8,), (2, 1, 8), (2, 1, 8)]]
-    result = capture(chain, *args)
-    precision = "fp32" if dtype == torch.float32 else "half"
-    assert [r.pattern for r in result.report.fused] == [f"layer_norm[{affine}]*(1+scale)+shift/{precision}"]
-    torch.testing.assert_close(result.output, chain(*args), rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype] * 4)
+    found = adaln_family._check(chain)
+    assert found == reason if reason is None else reason in found
