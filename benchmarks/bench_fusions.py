@@ -306,13 +306,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="directory for results.json")
     parser.add_argument("--sweep", action="store_true", help="also sweep kernel launch configs")
+    parser.add_argument(
+        "--f1-shapes", default=None, help="only these F1 shapes, e.g. 1x4096x2048,2x4096x2048 (no F2 cases)"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     dtype = torch.bfloat16
     bandwidth = copy_bandwidth()
-    rows = [bench(F1_CASE, shape, bandwidth, dtype) for shape in F1_SHAPES]
-    rows += [bench(F2_AS_F1_CASE, shape, bandwidth, dtype) for shape in F2_SHAPES]
-    sweep = [r for shape in F1_SHAPES[:3] for r in sweep_f1(shape, dtype)] if args.sweep else []
+    if args.f1_shapes:
+        f1_shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.f1_shapes.split(",")]
+        f2_shapes = []
+    else:
+        f1_shapes, f2_shapes = F1_SHAPES, F2_SHAPES
+    rows = [bench(F1_CASE, shape, bandwidth, dtype) for shape in f1_shapes]
+    rows += [bench(F2_AS_F1_CASE, shape, bandwidth, dtype) for shape in f2_shapes]
+    sweep = [r for shape in f1_shapes[:3] for r in sweep_f1(shape, dtype)] if args.sweep else []
     overhead = host_overhead(dtype)
 
     meta = {
