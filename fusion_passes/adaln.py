@@ -21,11 +21,13 @@ from fusion_passes.patterns import FusionFamily, MatchedChain, PatternVariant, r
 # Stands in for eps while tracing; the matched graph's own eps reaches the replacement.
 EPS_SENTINEL = 1.234567e-5
 
-# Where the fused op beats Inductor alone on CUDA (docs/BENCHMARKS.md): rows of at least
-# MIN_CUDA_HIDDEN elements (narrower rows underuse the one-row-per-program kernel) and x of at
-# least MIN_CUDA_ELEMENTS. When x comes from a pointwise op (a residual add), Inductor fuses that
-# op into its own norm kernel; replacing the norm splits it off, which pays only at larger sizes.
-MIN_CUDA_HIDDEN = 1024
+# Where the fused op beats Inductor alone on CUDA (docs/BENCHMARKS.md): hidden sizes from
+# MIN_CUDA_HIDDEN to MAX_CUDA_HIDDEN (at 1024 and below Inductor's persistent reduction wins, at
+# 16384 its looped one does) and x of at least MIN_CUDA_ELEMENTS. When x comes from a pointwise
+# op (a residual add), Inductor fuses that op into its own norm kernel; replacing the norm splits
+# it off, which pays only at larger sizes.
+MIN_CUDA_HIDDEN = 1152
+MAX_CUDA_HIDDEN = 8192
 MIN_CUDA_ELEMENTS = 1 << 20
 MIN_CUDA_ELEMENTS_AFTER_POINTWISE = 1 << 24
 
@@ -101,14 +103,22 @@ def _check(chain: MatchedChain) -> str | None:
     fused_dtype = adaln_kernels.modulation_dtype(x, scale, shift)
     if chain.output.dtype != fused_dtype:
         return f"graph output dtype {chain.output.dtype} differs from the fused op's {fused_dtype}"
-    if x.device.type == "cuda":
-        if x.shape[-1] < MIN_CUDA_HIDDEN:
-            return f"hidden size {x.shape[-1]} is below the measured CUDA break-even {MIN_CUDA_HIDDEN}"
-        after_pointwise = chain.produced_by_pointwise("x")
-        minimum = MIN_CUDA_ELEMENTS_AFTER_POINTWISE if after_pointwise else MIN_CUDA_ELEMENTS
-        if x.numel() < minimum:
-            context = " after a pointwise producer" if after_pointwise else ""
-            return f"x has {x.numel()} elements, below the measured CUDA break-even {minimum}{context}"
+    return None
+
+
+def _cuda_size_rule(chain: MatchedChain) -> str | None:
+    """Why the fused op would not beat Inductor alone on this CUDA chain, or None."""
+    x = chain.value("x")
+    if not MIN_CUDA_HIDDEN <= x.shape[-1] <= MAX_CUDA_HIDDEN:
+        return (
+            f"hidden size {x.shape[-1]} is outside {MIN_CUDA_HIDDEN}..{MAX_CUDA_HIDDEN}, "
+            "where the fused op was measured faster on CUDA"
+        )
+    after_pointwise = chain.produced_by_pointwise("x")
+    minimum = MIN_CUDA_ELEMENTS_AFTER_POINTWISE if after_pointwise else MIN_CUDA_ELEMENTS
+    if x.numel() < minimum:
+        context = " after a pointwise producer" if after_pointwise else ""
+        return f"x has {x.numel()} elements, below the measured CUDA break-even {minimum}{context}"
     return None
 
 
@@ -118,6 +128,7 @@ ADALN = register_family(
         description="LayerNorm -> * (1 + scale) + shift (AdaLN modulation)",
         variants=_variants,
         check=_check,
+        cuda_size_rule=_cuda_size_rule,
         seed_targets=(torch.ops.aten.var_mean.correction,),
         seed_hops=10,
         unmatched_reason="the norm is not followed by a supported * (1 + scale) + shift",

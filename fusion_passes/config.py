@@ -20,10 +20,13 @@ class FusionConfig:
     ``devices``: device types whose graphs are rewritten. Only CUDA has Triton kernels; on CPU the
     fused ops run their pure-torch reference, which is slower than Inductor's own C++ code, so CPU
     is for tests and demonstrations only.
+    ``size_rule``: on CUDA, fuse only shapes where the fused op was measured faster than Inductor
+    alone (docs/BENCHMARKS.md). False fuses every shape the kernel supports (for benchmarking).
     """
 
     fusions: tuple[str, ...] | None = None
     devices: tuple[str, ...] = ("cuda",)
+    size_rule: bool = True
 
     def __post_init__(self) -> None:
         from fusion_passes.patterns import families
@@ -33,6 +36,8 @@ class FusionConfig:
             unknown = sorted(set(self.fusions) - set(families()))
             if unknown:
                 raise ValueError(f"fusions: unknown names {unknown}; expected some of {sorted(families())}")
+        if not isinstance(self.size_rule, bool):
+            raise TypeError(f"size_rule: expected a bool, got {type(self.size_rule).__name__}")
         object.__setattr__(self, "devices", tuple(self.devices))
         unknown_devices = sorted(set(self.devices) - set(KNOWN_DEVICES))
         if unknown_devices:

@@ -72,7 +72,10 @@ class FusionFamily:
     name: str
     description: str
     variants: Callable[[], Sequence[PatternVariant]]
+    # Whether the fused op can compute this chain exactly (operands, dtypes, shapes).
     check: FamilyCheck
+    # Whether it is measured faster than Inductor alone on CUDA; skipped if config.size_rule is off.
+    cuda_size_rule: FamilyCheck
     # Ops that mark a candidate chain (e.g. the norm's var_mean); a seed left in the graph after
     # the pass is reported as a near miss with the best reason found.
     seed_targets: tuple[Any, ...]
@@ -130,7 +133,10 @@ def _make_extra_check(family: FusionFamily, variant: PatternVariant) -> Callable
         elif output.device.type not in config.devices:
             reason = f"device {output.device.type!r} is not in config.devices {config.devices}"
         else:
-            reason = family.check(MatchedChain(nodes=dict(match.kwargs), output=output))
+            chain = MatchedChain(nodes=dict(match.kwargs), output=output)
+            reason = family.check(chain)
+            if reason is None and output.device.type == "cuda" and config.size_rule:
+                reason = family.cuda_size_rule(chain)
         if reason is not None:
             report.add_near_miss(family.name, variant.name, anchor, reason)
             return False

@@ -89,6 +89,7 @@ def test_mode_and_inductor_options_pass_through():
         ({"fusion_passes": {"device": ["cpu"]}}, "ValueError: options['fusion_passes']: unknown keys ['device']"),
         ({"fusion_passes": {"devices": ["tpu"]}}, "ValueError: devices: unknown device types ['tpu']"),
         ({"fusion_passes": ["cpu"]}, "TypeError: options['fusion_passes']: expected a FusionConfig or a dict, got list"),
+        ({"fusion_passes": {"size_rule": "off"}}, "TypeError: size_rule: expected a bool, got str"),
         ({"not_an_inductor_option": 1}, "Unexpected optimization option not_an_inductor_option"),
     ],
 )
@@ -142,6 +143,7 @@ def test_uuid_is_stable_and_tracks_settings():
     assert uuid == FusionPassManager(FusionConfig()).uuid()
     assert uuid != FusionPassManager(FusionConfig(devices=("cpu", "cuda"))).uuid()
     assert uuid != FusionPassManager(FusionConfig(fusions=())).uuid()
+    assert uuid != FusionPassManager(FusionConfig(size_rule=False)).uuid()
     assert uuid != FusionPassManager(FusionConfig(), chained=CountingPass("v1")).uuid()
     assert (
         FusionPassManager(FusionConfig(), chained=CountingPass("v1")).uuid()
