@@ -17,6 +17,7 @@ import triton.language as tl
 from fusion_passes.kernels.common import (
     SUPPORTED_DTYPES,
     broadcast_strides,
+    broadcasts_to,
     collapse_leading_dims,
 )
 
@@ -59,9 +60,9 @@ def unsupported_reason(
     scale: torch.Tensor,
     shift: torch.Tensor | None,
 ) -> str | None:
-    """Why the Triton kernel cannot run these operands, or None when it can."""
-    operands = {"x": x, "weight": weight, "bias": bias, "scale": scale, "shift": shift}
-    for name, tensor in operands.items():
+    """Why the Triton kernel cannot run these operands, or None when it can (runs on every call)."""
+    operands = (("x", x), ("weight", weight), ("bias", bias), ("scale", scale), ("shift", shift))
+    for name, tensor in operands:
         if tensor is not None and tensor.dtype not in SUPPORTED_DTYPES:
             return f"{name} dtype {tensor.dtype} is not one of {sorted(map(str, SUPPORTED_DTYPES))}"
     if not 2 <= x.dim() <= 4:
@@ -69,15 +70,11 @@ def unsupported_reason(
     hidden = x.shape[-1]
     if not 1 <= hidden <= MAX_HIDDEN:
         return f"hidden size {hidden} is outside 1..{MAX_HIDDEN}"
-    for name in ("weight", "bias"):
-        tensor = operands[name]
-        if tensor is not None and tuple(tensor.shape) != (hidden,):
+    for name, tensor in operands[1:3]:
+        if tensor is not None and tensor.shape != (hidden,):
             return f"{name} shape {tuple(tensor.shape)} is not ({hidden},)"
-    for name in ("scale", "shift"):
-        tensor = operands[name]
-        if tensor is None:
-            continue
-        if torch.broadcast_shapes(tensor.shape, x.shape) != x.shape:
+    for name, tensor in operands[3:]:
+        if tensor is not None and not broadcasts_to(tensor.shape, x.shape):
             return f"{name} shape {tuple(tensor.shape)} does not broadcast to x shape {tuple(x.shape)}"
     return None
 
