@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import datetime
 import json
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ import triton
 import triton.language as tl
 
 import fusion_passes
+from fusion_passes.timing import cuda_graph_ms
 from fusion_passes.kernels import adaln as adaln_kernels
 
 INPUT_SETS = 4
@@ -63,26 +63,8 @@ def copy_bandwidth() -> float:
 
 
 def time_cuda_graph(fn: Callable[..., object], input_sets: Sequence[tuple]) -> float:
-    """Median milliseconds of one ``fn`` call, from CUDA-graph replays rotating ``input_sets``."""
-    for args in input_sets:
-        fn(*args)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    calls = max(CALLS_PER_GRAPH, len(input_sets))
-    with torch.cuda.graph(graph):
-        for call in range(calls):
-            fn(*input_sets[call % len(input_sets)])
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(REPLAYS):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / calls)
-    return statistics.median(times)
+    """Median ms of one ``fn`` call (CUDA-graph replay, rotating ``input_sets``)."""
+    return cuda_graph_ms(fn, input_sets, calls_per_graph=CALLS_PER_GRAPH, replays=REPLAYS)
 
 
 def adaln_f1(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 import fusion_passes
+from fusion_passes.timing import cuda_graph_ms
 
 SIZES = {
     # name: (transformer config, image side in tokens (2x2-packed latents), text tokens)
@@ -73,22 +74,9 @@ def wall_ms(fn: Any, repeats: int = 10) -> float:
     return statistics.median(times)
 
 
-def graph_replay_ms(fn: Any, repeats: int = 20) -> float:
+def graph_replay_ms(fn: Any) -> float:
     """Median GPU time of ``fn()`` in ms from CUDA-graph replays (host launch cost removed)."""
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(repeats):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return cuda_graph_ms(fn, calls_per_graph=1, replays=20)
 
 
 def main() -> int:

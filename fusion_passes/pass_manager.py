@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch._inductor import custom_graph_pass
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from fusion_passes.config import FusionConfig
@@ -18,6 +19,9 @@ from fusion_passes.patterns import active_run, explain_unfused, families, patter
 from fusion_passes.report import GLOBAL_REPORT, FusionReport, GraphReport
 
 GraphPass = Callable[[torch.fx.Graph], Any]
+
+# From torch 2.13 Inductor calls passes of this kind with is_inference=...; before, it has none.
+InferenceAwarePass = getattr(custom_graph_pass, "CustomInferenceAwareGraphPass", None)
 
 
 def as_pass_list(value: GraphPass | Sequence[GraphPass] | None) -> tuple[GraphPass, ...]:
@@ -58,7 +62,7 @@ def _graph_id(report: FusionReport) -> str:
     return base if repeats == 0 else f"{base}#{repeats}"
 
 
-class FusionPassManager(CustomGraphPass):
+class FusionPassManager(InferenceAwarePass or CustomGraphPass):  # type: ignore[misc]
     """Runs passes the user already installed, then every enabled fusion family, on a post-grad graph."""
 
     def __init__(
@@ -71,10 +75,13 @@ class FusionPassManager(CustomGraphPass):
         self.chained = as_pass_list(chained)
         self.report = report
 
-    def __call__(self, graph: torch.fx.Graph) -> None:
+    def __call__(self, graph: torch.fx.Graph, is_inference: bool | None = None) -> None:
         """Rewrite ``graph`` in place and add what happened to the report."""
         for chained_pass in self.chained:
-            chained_pass(graph)
+            if InferenceAwarePass is not None and isinstance(chained_pass, InferenceAwarePass):
+                chained_pass(graph, is_inference=bool(is_inference))
+            else:
+                chained_pass(graph)
         graph_report = GraphReport(graph_id=_graph_id(self.report))
         merge_duplicate_views(graph)
         enabled = [families()[name] for name in self.config.enabled_fusions()]

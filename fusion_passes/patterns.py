@@ -1,7 +1,8 @@
 """Shared pattern machinery: what a fusion family declares, and how its patterns are registered.
 
 A fusion family is a name, a list of pattern variants (search/replace function pairs, generated
-from one description), and a check that may reject a structural match with a reason. Everything
+from one description), a check that rejects structural matches the fused op cannot compute, and
+a CUDA size rule that rejects those where it is not measured faster; both give a reason. Everything
 else (lazy one-time registration under fake tensors, post-grad tracing, eps taken from the graph,
 the report of fused and near-missed chains) lives here once.
 """
@@ -28,7 +29,6 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from fusion_passes.config import FusionConfig
 from fusion_passes.report import GraphReport
-
 
 
 @dataclasses.dataclass(frozen=True)

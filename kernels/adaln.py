@@ -222,17 +222,11 @@ def _launch(x, weight, bias, scale, shift, eps, config=None, out=None):
     return out
 
 
-@torch.library.custom_op("fusion_passes::layer_norm_modulate", mutates_args=())
-def layer_norm_modulate(
-    x: torch.Tensor,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    scale: torch.Tensor,
-    shift: torch.Tensor | None,
-    eps: float,
-) -> torch.Tensor:
-    """``LN(x) * (1 + scale) + shift`` over the last dim; scale/shift broadcast to x."""
-    return layer_norm_modulate_reference(x, weight, bias, scale, shift, eps)
+# ``LN(x) * (1 + scale) + shift`` over the last dim, scale/shift broadcast to x. The reference is
+# the op's default (CPU) implementation; CUDA launches the kernel.
+layer_norm_modulate = torch.library.custom_op("fusion_passes::layer_norm_modulate", mutates_args=())(
+    layer_norm_modulate_reference
+)
 
 
 @layer_norm_modulate.register_fake

@@ -122,6 +122,29 @@ def test_users_own_pass_is_chained_not_dropped():
     assert via_options.calls == 1
 
 
+@pytest.mark.skipif(
+    not hasattr(torch._inductor.custom_graph_pass, "CustomInferenceAwareGraphPass"),
+    reason="inference-aware passes exist from torch 2.13",
+)
+def test_inference_aware_user_pass_is_chained():
+    from torch._inductor.custom_graph_pass import CustomInferenceAwareGraphPass
+
+    class InferenceAwarePass(CustomInferenceAwareGraphPass):
+        seen = []
+
+        def __call__(self, graph, is_inference):
+            self.seen.append(is_inference)
+
+        def uuid(self):
+            return "inference-aware-v1"
+
+    user_pass = InferenceAwarePass()
+    with torch.no_grad(), torch._inductor.config.patch(post_grad_custom_post_pass=user_pass):
+        torch.compile(chain, backend="fusion_passes", options=CPU_OPTIONS)(*inputs())
+    assert user_pass.seen == [True]
+    assert fusion_passes.report().counts() == {"adaln": 1}
+
+
 def test_stock_backend_options():
     torch.compile(chain, options=fusion_passes.inductor_options({"devices": ["cpu"]}))(*inputs())
     assert fusion_passes.report().counts() == {"adaln": 1}
