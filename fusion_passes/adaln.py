@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from fusion_passes.kernels import adaln as adaln_kernels
 from fusion_passes.patterns import FusionFamily, MatchedChain, PatternVariant, register_family, with_signature
@@ -87,28 +88,41 @@ def _variants() -> list[PatternVariant]:
     return variants
 
 
+OPERANDS = ("x", "weight", "bias", "scale", "shift")
+
+
 def _check(chain: MatchedChain) -> str | None:
-    """Why a structurally matched chain must stay unfused, or None."""
-    x, scale, shift = chain.value("x"), chain.value("scale"), chain.value("shift")
-    weight, bias = chain.value("weight"), chain.value("bias")
-    operands = {"weight": weight, "bias": bias, "scale": scale, "shift": shift}
-    for name, tensor in operands.items():
+    """Why a structurally matched chain must stay unfused, or None.
+
+    Symbolic (dynamic) shapes are checked at their compile-time sizes; at run time the op checks
+    the real sizes again and falls back to its reference for any the kernel does not take.
+    """
+    x = chain.value("x")
+    for name in OPERANDS[1:]:
+        tensor = chain.value(name)
         if tensor is not None and tensor.device != x.device:
             return f"{name} is on {tensor.device}, x on {x.device}"
-    if not all(isinstance(size, int) for size in x.shape):
-        return f"x shape {tuple(x.shape)} is symbolic; only static shapes are fused"
-    reason = adaln_kernels.unsupported_reason(x, weight, bias, scale, shift)
+    hinted = [chain.hinted(name) for name in OPERANDS]
+    if hinted[0] is None:
+        return f"x shape {tuple(x.shape)} has data-dependent sizes"
+    reason = adaln_kernels.unsupported_reason(*hinted)
     if reason is not None:
         return reason
-    fused_dtype = adaln_kernels.modulation_dtype(x, scale, shift)
-    if chain.output.dtype != fused_dtype:
-        return f"graph output dtype {chain.output.dtype} differs from the fused op's {fused_dtype}"
+    output = chain.output
+    if output.dim() != x.dim() or not all(statically_known_true(a == b) for a, b in zip(output.shape, x.shape)):
+        return f"the chain's output shape {tuple(output.shape)} is not provably x's {tuple(x.shape)}"
+    fused_dtype = adaln_kernels.modulation_dtype(x, chain.value("scale"), chain.value("shift"))
+    if output.dtype != fused_dtype:
+        return f"graph output dtype {output.dtype} differs from the fused op's {fused_dtype}"
     return None
 
 
 def _cuda_size_rule(chain: MatchedChain) -> str | None:
-    """Why the fused op would not beat Inductor alone on this CUDA chain, or None."""
-    x = chain.value("x")
+    """Why the fused op would not beat Inductor alone on this CUDA chain, or None.
+
+    Symbolic sizes are judged at their compile-time values (as Inductor's own heuristics are).
+    """
+    x = chain.hinted("x")
     if not MIN_CUDA_HIDDEN <= x.shape[-1] <= MAX_CUDA_HIDDEN:
         return (
             f"hidden size {x.shape[-1]} is outside {MIN_CUDA_HIDDEN}..{MAX_CUDA_HIDDEN}, "

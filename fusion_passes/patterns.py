@@ -43,6 +43,22 @@ class MatchedChain:
         node = self.nodes.get(name)
         return node.meta.get("val") if isinstance(node, torch.fx.Node) else node
 
+    def hinted(self, name: str) -> Any:
+        """Input ``name`` with symbolic sizes replaced by their hints (the sizes seen at compile time).
+
+        A meta tensor of the same dtype: size checks on it add no guards. None where a size has
+        no hint (data-dependent).
+        """
+        value = self.value(name)
+        if not isinstance(value, torch.Tensor):
+            return value
+        if all(isinstance(size, int) for size in value.shape):
+            return value
+        hints = [size if isinstance(size, int) else size.node.hint for size in value.shape]
+        if any(hint is None for hint in hints):
+            return None
+        return torch.empty(hints, dtype=value.dtype, device="meta")
+
     def produced_by_pointwise(self, name: str) -> bool:
         """Whether input ``name`` comes from a pointwise op, which Inductor would fuse into the chain."""
         node = self.nodes.get(name)

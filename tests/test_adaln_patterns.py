@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from expecttest import TestCase
 from graph_capture import capture
 
+import fusion_passes
 import fusion_passes.adaln as adaln_family
 from fusion_passes.kernels.adaln import MAX_HIDDEN
 
@@ -274,10 +275,20 @@ def test_device_not_enabled_does_not_fuse():
     assert "device 'cpu' is not in config.devices" in result.report.near_misses[0].reason
 
 
-def test_dynamic_shapes_do_not_fuse_yet():
-    result = capture(flux_style, torch.randn(2, 8, 16), torch.randn(2, 48), dynamic=True)
+def test_dynamic_shapes_fuse_and_serve_every_shape():
+    report = fusion_passes.report()
+    compiled = torch.compile(flux_style, backend="fusion_passes", dynamic=True, options={"fusion_passes": {"devices": ["cpu"]}})
+    for batch, tokens, hidden in [(2, 8, 16), (3, 5, 16), (2, 7, 24)]:
+        x, emb = torch.randn(batch, tokens, hidden), torch.randn(batch, 3 * hidden)
+        torch.testing.assert_close(compiled(x, emb), flux_style(x, emb), rtol=1e-5, atol=1e-5)
+    assert len(report.graphs) == 1, "one symbolic graph serves every shape"
+    assert report.counts() == {"adaln": 1}
+
+
+def test_dynamic_shapes_that_broadcast_x_up_do_not_fuse():
+    result = capture(plain_chain, torch.randn(8, 16), torch.randn(2, 8, 16), torch.randn(2, 8, 16), dynamic=True)
     assert result.report.counts() == {}
-    assert "symbolic" in result.report.near_misses[0].reason
+    assert "does not broadcast to x shape" in result.report.near_misses[0].reason
 
 
 @pytest.mark.parametrize(
@@ -304,3 +315,15 @@ def test_cuda_size_rule(shape, producer, reason):
     assert adaln_family._check(chain) is None  # the kernel supports every one of these
     found = adaln_family._cuda_size_rule(chain)
     assert found == reason if reason is None else reason in found
+
+
+@pytest.mark.parametrize(("shape", "fires"), [((1, 4096, 3072), True), ((1, 64, 3072), False), ((1, 4096, 1024), False)])
+def test_cuda_size_rule_judges_symbolic_sizes_at_their_compile_time_values(shape, fires):
+    mode = torch._subclasses.fake_tensor.FakeTensorMode(shape_env=torch.fx.experimental.symbolic_shapes.ShapeEnv())
+    x = mode.from_tensor(torch.empty(shape, device="meta"), static_shapes=False)
+    assert not isinstance(x.shape[-1], int)  # size-1 dims stay static, the rest are symbols
+    node = torch.fx.Graph().placeholder("x")
+    node.meta["val"] = x
+    chain = adaln_family.MatchedChain(nodes={"x": node, "scale": x, "shift": x}, output=x)
+    assert adaln_family._check(chain) is None
+    assert (adaln_family._cuda_size_rule(chain) is None) == fires
