@@ -192,7 +192,16 @@ def layer_norm_modulate_triton(
     return _launch(x, weight, bias, scale, shift, eps, config, out)
 
 
-def _launch(x, weight, bias, scale, shift, eps, config=None, out=None):
+def _launch(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    scale: torch.Tensor,
+    shift: torch.Tensor | None,
+    eps: float,
+    config: LaunchConfig | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     # Unchecked: the op's CUDA path checks once and comes here, keeping host overhead low.
     hidden = x.shape[-1]
     if out is None:
