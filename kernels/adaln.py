@@ -23,6 +23,9 @@ from fusion_passes.kernels.common import (
 
 # Widest row the kernel keeps in registers; wider rows fall back to the reference.
 MAX_HIDDEN = 16384
+# The first of the three leading dims (x's first dim when x is 4-D) indexes the grid's second
+# axis, which CUDA caps at 65535.
+MAX_GRID_Y = 65535
 
 
 def modulation_dtype(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor | None) -> torch.dtype:
@@ -67,6 +70,8 @@ def unsupported_reason(
             return f"{name} dtype {tensor.dtype} is not one of {sorted(map(str, SUPPORTED_DTYPES))}"
     if not 2 <= x.dim() <= 4:
         return f"x has {x.dim()} dims; the kernel takes 2 to 4"
+    if (first := collapse_leading_dims(x.shape)[0]) > MAX_GRID_Y:
+        return f"x's first leading dim {first} exceeds the CUDA grid limit {MAX_GRID_Y} for a {x.dim()}-D x"
     hidden = x.shape[-1]
     if not 1 <= hidden <= MAX_HIDDEN:
         return f"hidden size {hidden} is outside 1..{MAX_HIDDEN}"
@@ -90,10 +95,10 @@ def _layer_norm_modulate_kernel(
     MODULATION_PER_ROW: tl.constexpr,
     BLOCK_ROWS: tl.constexpr, BLOCK_HIDDEN: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
-    # Grid: (programs over the rows of one batch element, batch element i0). Rows are the flattened
-    # leading dims (i0, i1, i2); each operand brings its own strides for them, so chunk views and
-    # broadcast (stride 0) modulation are read in place. Modulation shared by all rows of a batch
-    # element is loaded once per program instead of once per row.
+    # Grid: (programs over the rows of one i0, i0). Rows are the flattened leading dims (i0, i1, i2),
+    # x's leading dims left-padded with 1 (so i0 is x's first dim only for 4-D x). Each operand
+    # brings its own strides for them, so chunk views and broadcast (stride 0) modulation are read
+    # in place. Modulation constant over (i1, i2) is loaded once per program, else once per row.
     i0 = tl.program_id(1).to(tl.int64)
     rows_per_batch = dim1 * dim2
     cols = tl.arange(0, BLOCK_HIDDEN)
@@ -247,4 +252,6 @@ def _layer_norm_modulate_fake(x, weight, bias, scale, shift, eps):
 def _layer_norm_modulate_cuda(x, weight, bias, scale, shift, eps):
     if unsupported_reason(x, weight, bias, scale, shift) is not None:
         return layer_norm_modulate_reference(x, weight, bias, scale, shift, eps)
-    return _launch(x, weight, bias, scale, shift, eps)
+    # Triton launches on the current device; x may live on another one.
+    with torch.cuda.device(x.device):
+        return _launch(x, weight, bias, scale, shift, eps)

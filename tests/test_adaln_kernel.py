@@ -104,6 +104,10 @@ UNSUPPORTED = {
         f"hidden size {adaln.MAX_HIDDEN + 1} is outside",
     ),
     "weight shape": (dict(weight=torch.randn(4)), "weight shape (4,) is not (8,)"),
+    "grid limit": (
+        dict(x=torch.randn(adaln.MAX_GRID_Y + 1, 1, 1, 8)),
+        f"first leading dim {adaln.MAX_GRID_Y + 1} exceeds the CUDA grid limit",
+    ),
     "scale broadcasts x up": (dict(scale=torch.randn(3, 2, 4, 8)), "scale shape (3, 2, 4, 8) does not broadcast"),
 }
 
