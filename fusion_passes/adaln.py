@@ -104,8 +104,9 @@ def _check(chain: MatchedChain) -> str | None:
         if tensor is not None and tensor.device != x.device:
             return f"{name} is on {tensor.device}, x on {x.device}"
     hinted = [chain.hinted(name) for name in OPERANDS]
-    if hinted[0] is None:
-        return f"x shape {tuple(x.shape)} has data-dependent sizes"
+    for name, hint in zip(OPERANDS, hinted, strict=True):
+        if hint is None and chain.value(name) is not None:
+            return f"{name} shape {tuple(chain.value(name).shape)} has data-dependent sizes"
     reason = adaln_kernels.unsupported_reason(*hinted)
     if reason is not None:
         return reason

@@ -327,3 +327,20 @@ def test_cuda_size_rule_judges_symbolic_sizes_at_their_compile_time_values(shape
     chain = adaln_family.MatchedChain(nodes={"x": node, "scale": x, "shift": x}, output=x)
     assert adaln_family._check(chain) is None
     assert (adaln_family._cuda_size_rule(chain) is None) == fires
+
+
+@pytest.mark.parametrize("operand", ["x", "scale"])
+def test_data_dependent_sizes_do_not_fuse(operand):
+    shape_env = torch.fx.experimental.symbolic_shapes.ShapeEnv()
+    with torch._subclasses.fake_tensor.FakeTensorMode(shape_env=shape_env):
+        unbacked = shape_env.create_unbacked_symint()
+        static = torch.empty(2, 8, 16)
+        dynamic = torch.empty(unbacked, 8, 16)
+    values = {"x": static, "scale": static, "shift": static, operand: dynamic}
+    nodes = {}
+    for name, value in values.items():
+        nodes[name] = torch.fx.Graph().placeholder(name)
+        nodes[name].meta["val"] = value
+    chain = adaln_family.MatchedChain(nodes=nodes, output=values["x"])
+    assert f"{operand} shape" in adaln_family._check(chain)
+    assert "data-dependent" in adaln_family._check(chain)
