@@ -1,95 +1,393 @@
-"""AdaLN fusions (SPEC.md F1): ``LayerNorm(x) * (1 + scale) + shift`` -> one fused op.
+"""AdaLN fusions (SPEC.md F1, F2, F3): a norm followed by modulation, optionally after a gated residual.
 
-Variants are generated from one description: the LayerNorm's affine parameters (none, weight,
-weight and bias) times the graph's precision family (fp32 graphs have no casts; fp16/bf16 graphs
-upcast around the norm). Modulation tensors are pattern inputs, so every broadcast shape (``[C]``,
-``[B,1,C]``, ``[B,C][:, None]``) and every strided chunk view matches the same pattern; the check
-below refuses shapes and dtypes the kernel does not take, and the CUDA size rule the shapes where
-Inductor alone was measured as fast or faster.
+- ``adaln`` (F1): ``N(x) * (1 + scale) + shift`` -> ``fusion_passes::norm_modulate``.
+- ``residual_adaln`` (F2): ``r = residual + gate * x``, then F1 on ``r``, where ``r`` is also used
+  later -> ``fusion_passes::residual_norm_modulate`` returning both. Applied before ``adaln``.
+- F3 (select01) is not a pattern: where a modulation operand is ``torch.where(cond, a, b)`` with
+  one boolean per row (an image-edit model's per-token choice between two modulation sets), the
+  fused op takes ``a``, ``b`` and ``cond`` and loads only the chosen row.
+
+The patterns are generated from one description: each norm spelling (``F.layer_norm`` with no
+affine, weight, or weight and bias; ``F.rms_norm`` with and without weight; a hand-written
+RMSNorm with float32 statistics that rounds before its weight) is traced in two precisions: as
+the fp32 computation ``N(x.float())`` and as a half-precision norm that rounds its output. F2
+composes each with the residual forms (gated or not; stored as computed or cast back to the
+residual's dtype). ``patterns.generalize`` widens them to either operand order, optional
+upcasts, and bf16 or fp16.
+
+The multiplier is a pattern input: the check accepts it only where the graph computes it as
+``1 + scale`` (inline, or earlier and reshaped, as in ``(1 + scale)[:, None, :]``); a norm times a
+bare ``scale`` is a different computation and stays unfused. A trailing cast of the result
+(``(...).type_as(x)``) is folded into the op afterwards.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
+import operator
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch._inductor.pattern_matcher import MultiOutputPattern, PatternExpr
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from fusion_passes.kernels import adaln as adaln_kernels
-from fusion_passes.patterns import FusionFamily, MatchedChain, PatternVariant, register_family, with_signature
+from fusion_passes.patterns import (
+    FusionFamily,
+    MatchedChain,
+    NotACandidate,
+    PatternVariant,
+    generalize,
+    hinted,
+    is_pointwise,
+    register_family,
+    substitute,
+    traced_pattern,
+    with_signature,
+)
 
-# Stands in for eps while tracing; the matched graph's own eps reaches the replacement.
-EPS_SENTINEL = 1.234567e-5
+aten = torch.ops.aten
+_CONVERT = torch.ops.prims.convert_element_type.default
+
+# Stands in for eps while tracing (exact in float32, since F.rms_norm rounds eps to float32); the
+# matched graph's own eps reaches the replacement.
+EPS_SENTINEL = 1.9073486328125e-05
+# The example dtype of the traces: every input is half so each ``.float()`` leaves an upcast node.
+TRACE_DTYPE = torch.bfloat16
 
 # Where the fused op beats Inductor alone on CUDA (docs/BENCHMARKS.md): hidden sizes from
 # MIN_CUDA_HIDDEN to MAX_CUDA_HIDDEN (at 1024 and below Inductor's persistent reduction wins; at
-# 16384 Inductor was 4% faster) and x of at least MIN_CUDA_ELEMENTS. When x comes from a pointwise
-# op (a residual add), Inductor fuses that op into its own norm kernel; replacing the norm splits
-# it off, which pays only at larger sizes.
+# 16384 Inductor was 4% faster) and x of at least MIN_CUDA_ELEMENTS. When F1's x comes from a
+# pointwise op (a residual add not used elsewhere), Inductor fuses that op into its own norm
+# kernel; replacing the norm splits it off, which pays only at larger sizes.
 MIN_CUDA_HIDDEN = 1152
 MAX_CUDA_HIDDEN = 8192
 MIN_CUDA_ELEMENTS = 1 << 20
 MIN_CUDA_ELEMENTS_AFTER_POINTWISE = 1 << 24
 
-AFFINE_FORMS = {"none": (), "weight": ("weight",), "weight_bias": ("weight", "bias")}
-PRECISIONS = {"fp32": torch.float32, "half": torch.bfloat16}
+
+# --- The spellings models use -------------------------------------------------------------------
 
 
-def layer_norm_modulate_search(
+def layer_norm(x: torch.Tensor, eps: float, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.layer_norm`` over the last dim (a half input rounds its output, after the affine)."""
+    return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+
+
+def rms_norm(x: torch.Tensor, eps: float, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.rms_norm`` / ``torch.nn.RMSNorm`` (a half input rounds its output, after the weight)."""
+    return F.rms_norm(x, x.shape[-1:], weight, eps)
+
+
+def rms_norm_fp32_statistics(x: torch.Tensor, eps: float, weight: torch.Tensor) -> torch.Tensor:
+    """The hand-written RMSNorm of diffusers and LLMs: fp32 statistics, rounded before a half weight."""
+    variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
+    return (x * torch.rsqrt(variance + eps)).to(weight.dtype) * weight
+
+
+@dataclasses.dataclass(frozen=True)
+class NormForm:
+    """One norm spelling: its kind, affine operands, and where its half-precision form rounds."""
+
+    name: str
+    norm: str  # "layer" or "rms"
+    affine: tuple[str, ...]
+    half_rounding: str
+    spelling: Callable[..., torch.Tensor]
+
+
+NORM_FORMS = (
+    NormForm("layer_norm", "layer", (), "after_affine", layer_norm),
+    NormForm("layer_norm[weight]", "layer", ("weight",), "after_affine", layer_norm),
+    NormForm("layer_norm[weight,bias]", "layer", ("weight", "bias"), "after_affine", layer_norm),
+    NormForm("rms_norm", "rms", (), "after_affine", rms_norm),
+    NormForm("rms_norm[weight]", "rms", ("weight",), "after_affine", rms_norm),
+    NormForm("rms_norm[weight,fp32 statistics]", "rms", ("weight",), "before_weight", rms_norm_fp32_statistics),
+)
+
+
+def modulated_norm(
     x: torch.Tensor,
-    scale: torch.Tensor,
-    shift: torch.Tensor,
+    multiplier: torch.Tensor,
     eps: float,
+    form: NormForm,
+    precision: str,
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The unfused chain as models write it."""
-    return F.layer_norm(x, x.shape[-1:], weight, bias, eps) * (1 + scale) + shift
+    """F1 as traced: ``N(x) * multiplier (+ shift)``; ``precision`` "fp32" normalizes ``x.float()``."""
+    affine = {name: tensor for name, tensor in (("weight", weight), ("bias", bias)) if tensor is not None}
+    if precision == "fp32":
+        x = x.float()
+        affine = {name: tensor.float() for name, tensor in affine.items()}
+    normed = form.spelling(x, eps, **affine) * multiplier.float()
+    return normed if shift is None else normed + shift.float()
 
 
-def layer_norm_modulate_replace(
-    x: torch.Tensor,
-    scale: torch.Tensor,
-    shift: torch.Tensor,
-    eps: float,
-    weight: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
+@dataclasses.dataclass(frozen=True)
+class ResidualForm:
+    """How a model writes ``r = residual + gate * x``."""
+
+    name: str
+    gated: bool
+    cast_back: bool  # the fp32 form: ``(residual.float() + x * gate).type_as(residual)``
+
+
+RESIDUAL_FORMS = tuple(
+    ResidualForm(f"{'residual+gate*x' if gated else 'residual+x'}{'/fp32 form' if cast_back else ''}", gated, cast_back)
+    for gated, cast_back in itertools.product((True, False), (False, True))
+)
+
+
+def gated_residual(
+    residual: torch.Tensor, x: torch.Tensor, form: ResidualForm, gate: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The fused op that replaces it."""
-    return torch.ops.fusion_passes.layer_norm_modulate(x, weight, bias, scale, shift, eps)
+    """F2's first step as traced (upcasts everywhere; generalize makes each optional)."""
+    update = x.float() * gate.float() if form.gated else x.float()
+    total = residual.float() + update
+    return total.to(residual.dtype) if form.cast_back else total
 
 
-def _example_inputs(params: tuple[str, ...], dtype: torch.dtype) -> list[Any]:
-    batch, tokens, hidden = 2, 8, 16
-    shapes = {
-        "x": (batch, tokens, hidden),
-        "weight": (hidden,),
-        "bias": (hidden,),
-        "scale": (batch, 1, hidden),
-        "shift": (batch, 1, hidden),
-    }
-    return [EPS_SENTINEL if name == "eps" else torch.empty(shapes[name], dtype=dtype) for name in params]
+# --- Pattern variants ---------------------------------------------------------------------------
 
 
-def _variants() -> list[PatternVariant]:
-    variants = []
-    for (affine, affine_params), (precision, dtype) in itertools.product(AFFINE_FORMS.items(), PRECISIONS.items()):
-        params = ("x", *affine_params, "scale", "shift", "eps")
-        variants.append(
-            PatternVariant(
-                name=f"layer_norm[{affine}]*(1+scale)+shift/{precision}",
-                search=with_signature(layer_norm_modulate_search, params),
-                replace=with_signature(layer_norm_modulate_replace, params),
-                example_inputs=lambda params=params, dtype=dtype: _example_inputs(params, dtype),
-                scalar_workaround={"eps": EPS_SENTINEL},
-            )
-        )
+def _example(name: str) -> Any:
+    shapes = {"x": (2, 8, 16), "residual": (2, 8, 16), "weight": (16,), "bias": (16,)}
+    if name == "eps":
+        return EPS_SENTINEL
+    return torch.empty(shapes.get(name, (2, 1, 16)), dtype=TRACE_DTYPE)
+
+
+@functools.cache
+def _f1_pattern(form: NormForm, precision: str, with_shift: bool) -> PatternExpr:
+    params = ("x", "multiplier", "eps", *form.affine, *(("shift",) if with_shift else ()))
+
+    def search(**operands: Any) -> torch.Tensor:
+        return modulated_norm(form=form, precision=precision, **operands)
+
+    fn = with_signature(search, params)
+    return traced_pattern(fn, [_example(name) for name in params], {"eps": EPS_SENTINEL})
+
+
+@functools.cache
+def _residual_pattern(form: ResidualForm) -> PatternExpr:
+    params = ("residual", "x", *(("gate",) if form.gated else ()))
+
+    def search(**operands: Any) -> torch.Tensor:
+        return gated_residual(form=form, **operands)
+
+    return traced_pattern(with_signature(search, params), [_example(name) for name in params])
+
+
+def _norm_variants() -> list[tuple[NormForm, str, str]]:
+    # (form, precision, rounding); fp32 forms that differ only in where a half form rounds are one.
+    variants, seen = [], set()
+    for form, precision in itertools.product(NORM_FORMS, ("fp32", "half")):
+        rounding = form.half_rounding if precision == "half" else "none"
+        key = (form.norm, form.affine, rounding)
+        if key not in seen:
+            seen.add(key)
+            variants.append((form, precision, rounding))
     return variants
 
 
-OPERANDS = ("x", "weight", "bias", "scale", "shift")
+def _variants(residual: bool) -> list[PatternVariant]:
+    variants = []
+    residual_forms: Sequence[ResidualForm | None] = RESIDUAL_FORMS if residual else (None,)
+    for (form, precision, rounding), with_shift, residual_form in itertools.product(
+        _norm_variants(), (True, False), residual_forms
+    ):
+        tail = "*(1+scale)+shift" if with_shift else "*(1+scale)"
+        name = f"{form.name}/{precision}{tail}"
+        if residual_form is not None:
+            name = f"{residual_form.name} -> {name}"
+
+        def build(form=form, precision=precision, with_shift=with_shift, residual_form=residual_form) -> PatternExpr:
+            pattern = _f1_pattern(form, precision, with_shift)
+            if residual_form is not None:
+                head = _residual_pattern(residual_form)
+                pattern = MultiOutputPattern([substitute(pattern, {"x": head}), head])
+            return generalize(pattern)
+
+        facts = dict(norm=form.norm, affine=form.affine, rounding=rounding, shift=with_shift, residual=residual_form)
+        variants.append(PatternVariant(name=name, pattern=build, facts=facts))
+    return variants
+
+
+# --- What a match computes ----------------------------------------------------------------------
+
+# Shape-only ops the multiplier may pass through after ``1 + scale`` is computed.
+_VIEW_OPS = {
+    aten.unsqueeze.default,
+    aten.squeeze.dim,
+    aten.reshape.default,
+    aten.view.default,
+    aten.expand.default,
+    aten.slice.Tensor,
+}
+_ADD_ONE = {aten.add.Tensor, aten.add.Scalar}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The fused call a match becomes: operand nodes, settings, and the views to replay on scale."""
+
+    residual: torch.fx.Node | None
+    x: torch.fx.Node
+    gate: tuple[torch.fx.Node, ...]
+    weight: torch.fx.Node | None
+    bias: torch.fx.Node | None
+    scale: tuple[torch.fx.Node, ...]
+    scale_views: tuple[torch.fx.Node, ...]  # applied to each scale tensor, innermost first
+    shift: tuple[torch.fx.Node, ...]
+    select: torch.fx.Node | None
+    eps: float
+    norm: str
+    rounding: str
+    residual_dtype: torch.dtype | None
+    out_dtype: torch.dtype
+
+    def describe(self) -> str:
+        """What the report says beyond the variant name."""
+        return " +select01" if self.select is not None else ""
+
+
+def _is_one(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 1
+
+
+def _split_multiplier(node: Any) -> tuple[torch.fx.Node, tuple[torch.fx.Node, ...]] | None:
+    """``(scale, views)`` if ``node`` is ``1 + scale`` seen through shape-only ops, else None."""
+    views = []
+    while isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target in _VIEW_OPS:
+        views.append(node)
+        node = node.args[0]
+    if not (isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target in _ADD_ONE):
+        return None
+    first, second = node.args[:2]
+    if _is_one(second) and isinstance(first, torch.fx.Node):
+        return first, tuple(reversed(views))
+    if _is_one(first) and isinstance(second, torch.fx.Node):
+        return second, tuple(reversed(views))
+    return None
+
+
+def _per_row_condition(node: Any, x: torch.Tensor) -> torch.fx.Node | None:
+    """The condition of ``torch.where(cond, a, b)`` if it holds one boolean per row of ``x``."""
+    if not (isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target == aten.where.self):
+        return None
+    cond = node.args[0]
+    value = hinted(cond.meta.get("val")) if isinstance(cond, torch.fx.Node) else None
+    row_shape = (*x.shape[:-1], 1)
+    if value is None or value.dtype != torch.bool or value.dim() > len(row_shape):
+        return None
+    if not all(size in (1, row) for size, row in zip(reversed(value.shape), reversed(row_shape))):
+        return None
+    if not all(isinstance(arg, torch.fx.Node) for arg in node.args[1:]):
+        return None
+    return cond
+
+
+def _gate_likeness(node: torch.fx.Node, stream: torch.Tensor) -> int:
+    # A gate broadcasts over tokens (2) or is chosen per row (1); the gated value is neither.
+    if node.meta["val"].shape != stream.shape:
+        return 2
+    return 1 if _per_row_condition(node, stream) is not None else 0
+
+
+def _selected(node: torch.fx.Node | None, select: torch.fx.Node | None) -> tuple[torch.fx.Node, ...]:
+    if node is None:
+        return ()
+    if select is not None and node.target == aten.where.self and node.args[0] is select:
+        return tuple(node.args[1:3])
+    return (node, node) if select is not None else (node,)
+
+
+def plan(chain: MatchedChain) -> Plan | str:
+    """The fused call for ``chain``, or why it cannot be fused (before shape and size rules)."""
+    facts = chain.variant.facts
+    nodes = chain.nodes
+    split = _split_multiplier(nodes["multiplier"])
+    if split is None:
+        reason = f"the norm is multiplied by {nodes['multiplier']}, which is not 1 + scale"
+        multiplier = chain.value("multiplier")
+        if sum(size != 1 for size in multiplier.shape[:-1]) == 0:
+            # The same over all rows: a norm's own weight (an RMSNorm before RoPE), not AdaLN.
+            return NotACandidate(reason)
+        return reason
+    scale, scale_views = split
+    residual_form = facts["residual"]
+    y_node = chain.outputs[0]
+    r_node = chain.outputs[1] if residual_form is not None else None
+    if r_node is not None and all(user in chain.match.nodes for user in r_node.users):
+        return "the residual sum is used only by the norm (the single-output fusion applies)"
+    stream = chain.value("x") if r_node is None else r_node.meta["val"]
+    x, gate = nodes["x"], nodes.get("gate")
+    if gate is not None and _gate_likeness(x, stream) > _gate_likeness(gate, stream):
+        # gate * x is symmetric: the pattern may have bound the gate to x.
+        x, gate = gate, x
+    # F3: operands chosen per row by one condition (views after the choice are not followed).
+    candidates = [gate, nodes.get("shift"), None if scale_views else scale]
+    select = next((c for c in (_per_row_condition(n, stream) for n in candidates) if c is not None), None)
+    if scale_views:
+        scale_nodes = (scale,) * (1 if select is None else 2)
+    else:
+        scale_nodes = _selected(scale, select)
+    plan_ = Plan(
+        residual=nodes.get("residual"),
+        x=x,
+        gate=_selected(gate, select),
+        weight=nodes.get("weight"),
+        bias=nodes.get("bias"),
+        scale=scale_nodes,
+        scale_views=scale_views,
+        shift=_selected(nodes.get("shift"), select),
+        select=select,
+        eps=nodes["eps"],
+        norm=facts["norm"],
+        rounding=facts["rounding"],
+        residual_dtype=None if r_node is None else r_node.meta["val"].dtype,
+        out_dtype=y_node.meta["val"].dtype,
+    )
+    for node in chain.match.nodes:
+        if node.target is _CONVERT and node.args[1] != torch.float32 and node.args[1] != stream.dtype:
+            return f"the chain casts to {node.args[1]}, not to its input's dtype {stream.dtype}"
+    return plan_
+
+
+class _DataDependent(Exception):
+    pass
+
+
+def _hint(node: torch.fx.Node | None) -> torch.Tensor | None:
+    if node is None:
+        return None
+    value = hinted(node.meta.get("val"))
+    if value is None:
+        raise _DataDependent(f"{node} has data-dependent sizes")
+    return value
+
+
+def _meta_call(chain: MatchedChain, plan_: Plan) -> adaln_kernels.NormModulate:
+    # The fused call on meta tensors of compile-time sizes, for the kernel's own operand checks.
+    if plan_.scale_views:
+        # Each scale tensor is reshaped like the multiplier before it reaches the op.
+        multiplier = _hint(chain.nodes["multiplier"])
+        scale = tuple(multiplier.to(node.meta["val"].dtype) for node in plan_.scale)
+    else:
+        scale = tuple(_hint(node) for node in plan_.scale)
+    return adaln_kernels.NormModulate(
+        x=_hint(plan_.x), residual=_hint(plan_.residual), gate=tuple(_hint(node) for node in plan_.gate),
+        weight=_hint(plan_.weight), bias=_hint(plan_.bias), scale=scale,
+        shift=tuple(_hint(node) for node in plan_.shift), select=_hint(plan_.select), eps=plan_.eps,
+        norm=plan_.norm, scale_plus_one=True, rounding=plan_.rounding, residual_dtype=plan_.residual_dtype,
+        out_dtype=plan_.out_dtype,
+    )
 
 
 def _check(chain: MatchedChain) -> str | None:
@@ -98,25 +396,31 @@ def _check(chain: MatchedChain) -> str | None:
     Symbolic (dynamic) shapes are checked at their compile-time sizes; at run time the op checks
     the real sizes again and falls back to its reference for any the kernel does not take.
     """
-    x = chain.value("x")
-    for name in OPERANDS[1:]:
+    plan_ = plan(chain)
+    if isinstance(plan_, str):
+        return plan_
+    x = plan_.x.meta["val"]
+    for name in ("residual", "x", "gate", "weight", "bias", "multiplier", "shift"):
         tensor = chain.value(name)
-        if tensor is not None and tensor.device != x.device:
+        if isinstance(tensor, torch.Tensor) and tensor.device != x.device:
             return f"{name} is on {tensor.device}, x on {x.device}"
-    hinted = [chain.hinted(name) for name in OPERANDS]
-    for name, hint in zip(OPERANDS, hinted, strict=True):
-        if hint is None and chain.value(name) is not None:
-            return f"{name} shape {tuple(chain.value(name).shape)} has data-dependent sizes"
-    reason = adaln_kernels.unsupported_reason(*hinted)
+    try:
+        call = _meta_call(chain, plan_)
+    except _DataDependent as error:
+        return str(error)
+    reason = adaln_kernels.unsupported_reason(call)
     if reason is not None:
         return reason
-    output = chain.output
-    if output.dim() != x.dim() or not all(statically_known_true(a == b) for a, b in zip(output.shape, x.shape)):
-        return f"the chain's output shape {tuple(output.shape)} is not provably x's {tuple(x.shape)}"
-    fused_dtype = adaln_kernels.modulation_dtype(x, chain.value("scale"), chain.value("shift"))
-    if output.dtype != fused_dtype:
-        return f"graph output dtype {output.dtype} differs from the fused op's {fused_dtype}"
+    for output in chain.outputs:
+        shape = output.meta["val"].shape
+        if len(shape) != x.dim() or not all(statically_known_true(a == b) for a, b in zip(shape, x.shape)):
+            return f"the chain's output shape {tuple(shape)} is not provably x's {tuple(x.shape)}"
     return None
+
+
+def _describe(chain: MatchedChain) -> str:
+    plan_ = plan(chain)
+    return chain.variant.name + (plan_.describe() if isinstance(plan_, Plan) else "")
 
 
 def _cuda_size_rule(chain: MatchedChain) -> str | None:
@@ -124,13 +428,15 @@ def _cuda_size_rule(chain: MatchedChain) -> str | None:
 
     Symbolic sizes are judged at their compile-time values (as Inductor's own heuristics are).
     """
-    x = chain.hinted("x")
+    plan_ = plan(chain)
+    assert isinstance(plan_, Plan), plan_
+    x = hinted(plan_.x.meta["val"])
     if not MIN_CUDA_HIDDEN <= x.shape[-1] <= MAX_CUDA_HIDDEN:
         return (
             f"hidden size {x.shape[-1]} is outside {MIN_CUDA_HIDDEN}..{MAX_CUDA_HIDDEN}, "
             "where the fused op was measured faster on CUDA"
         )
-    after_pointwise = chain.produced_by_pointwise("x")
+    after_pointwise = plan_.residual is None and is_pointwise(plan_.x)
     minimum = MIN_CUDA_ELEMENTS_AFTER_POINTWISE if after_pointwise else MIN_CUDA_ELEMENTS
     if x.numel() < minimum:
         context = " after a pointwise producer" if after_pointwise else ""
@@ -138,15 +444,100 @@ def _cuda_size_rule(chain: MatchedChain) -> str | None:
     return None
 
 
+def _replay_views(tensor: torch.Tensor, views: Sequence[torch.fx.Node]) -> torch.Tensor:
+    for view in views:
+        tensor = view.target(tensor, *view.args[1:], **view.kwargs)
+    return tensor
+
+
+def _replacement(chain: MatchedChain) -> tuple[Callable[..., Any], list[Any]]:
+    """The fused call as a function of the chain's operand nodes (flattened), and those nodes."""
+    plan_ = plan(chain)
+    assert isinstance(plan_, Plan), plan_
+    flat: list[torch.fx.Node] = []
+
+    def slots(nodes: Sequence[torch.fx.Node | None]) -> list[int | None]:
+        indices = []
+        for node in nodes:
+            if node is None:
+                indices.append(None)
+            else:
+                flat.append(node)
+                indices.append(len(flat) - 1)
+        return indices
+
+    residual, x, weight, bias, select = slots([plan_.residual, plan_.x, plan_.weight, plan_.bias, plan_.select])
+    gate, scale, shift = slots(plan_.gate), slots(plan_.scale), slots(plan_.shift)
+
+    def fused(*args: torch.Tensor) -> Any:
+        def get(index: int | None) -> torch.Tensor | None:
+            return None if index is None else args[index]
+
+        settings = dict(eps=plan_.eps, norm=plan_.norm, scale_plus_one=True, rounding=plan_.rounding)
+        scales = [_replay_views(args[i], plan_.scale_views) for i in scale]
+        shifts = [args[i] for i in shift]
+        if plan_.residual is None:
+            return torch.ops.fusion_passes.norm_modulate(
+                get(x), get(weight), get(bias), scales, shifts, get(select), out_dtype=plan_.out_dtype, **settings
+            )
+        return torch.ops.fusion_passes.residual_norm_modulate(
+            get(residual), get(x), [args[i] for i in gate], get(weight), get(bias), scales, shifts, get(select),
+            residual_dtype=plan_.residual_dtype, out_dtype=plan_.out_dtype, **settings,
+        )
+
+    return fused, flat
+
+
+def fold_output_casts(graph: torch.fx.Graph) -> None:
+    """Fold ``fused(...).to(dtype)`` into the fused op when it computed in fp32 (nothing rounds twice)."""
+    for target, output_index in ((torch.ops.fusion_passes.norm_modulate.default, None),
+                                 (torch.ops.fusion_passes.residual_norm_modulate.default, 0)):
+        for node in graph.find_nodes(op="call_function", target=target):
+            y = node if output_index is None else next(
+                (user for user in node.users if user.target is operator.getitem and user.args[1] == output_index),
+                None,
+            )
+            if y is None or len(y.users) != 1 or y.meta["val"].dtype != torch.float32:
+                continue
+            (cast,) = y.users
+            if cast.target is not _CONVERT or cast.args[1] not in adaln_kernels.SUPPORTED_DTYPES:
+                continue
+            node.update_arg(len(node.args) - 1, cast.args[1])
+            y.meta["val"] = cast.meta["val"]
+            if output_index is not None:
+                node.meta["val"] = (cast.meta["val"], *node.meta["val"][1:])
+            cast.replace_all_uses_with(y)
+            graph.erase_node(cast)
+
+
+_COMMON = dict(
+    check=_check,
+    cuda_size_rule=_cuda_size_rule,
+    replacement=_replacement,
+    describe=_describe,
+    finish=fold_output_casts,
+    seed_hops=12,
+)
+
+# F2 first: a chain it takes is gone before F1 would take its norm alone. Norms left over are
+# explained once, by F1.
+RESIDUAL_ADALN = register_family(
+    FusionFamily(
+        name="residual_adaln",
+        description="residual + gate * x -> norm -> * (1 + scale) + shift, both r and y (F2)",
+        variants=lambda: _variants(residual=True),
+        seed_targets=(),
+        unmatched_reason="",
+        **_COMMON,
+    )
+)
 ADALN = register_family(
     FusionFamily(
         name="adaln",
-        description="LayerNorm -> * (1 + scale) + shift (AdaLN modulation)",
-        variants=_variants,
-        check=_check,
-        cuda_size_rule=_cuda_size_rule,
+        description="norm -> * (1 + scale) + shift (AdaLN modulation, F1)",
+        variants=lambda: _variants(residual=False),
         seed_targets=(torch.ops.aten.var_mean.correction,),
-        seed_hops=10,
         unmatched_reason="the norm is not followed by a supported * (1 + scale) + shift",
+        **_COMMON,
     )
 )

@@ -10,7 +10,7 @@ import torch
 
 aten = torch.ops.aten
 
-# Pure view-like ops: two nodes with the same target and arguments compute the same value.
+# View-like ops: two nodes with the same target and arguments compute the same value.
 _MERGEABLE_TARGETS = {
     operator.getitem,
     aten.split.Tensor,
@@ -33,15 +33,31 @@ def _freeze(value: Any) -> Any:
     return value
 
 
-def merge_duplicate_views(graph: torch.fx.Graph) -> int:
-    """Merge duplicate view/split/getitem nodes (left by tracing) so patterns see one producer.
+def _mergeable(node: torch.fx.Node) -> bool:
+    # View-like ops and deterministic pointwise ops: equal target and arguments, equal value.
+    if node.op != "call_function":
+        return False
+    if node.target in _MERGEABLE_TARGETS:
+        return True
+    target = node.target
+    return (
+        isinstance(target, torch._ops.OpOverload)
+        and torch.Tag.pointwise in target.tags
+        and torch.Tag.nondeterministic_seeded not in target.tags
+        and not target._schema.is_mutable
+    )
 
-    Returns the number of nodes removed.
+
+def merge_duplicates(graph: torch.fx.Graph) -> int:
+    """Merge duplicate view, split, getitem and pointwise nodes so patterns see one producer.
+
+    Tracing leaves such duplicates (a split per use; ``index == 0`` computed once per modulation
+    tensor). Returns the number of nodes removed.
     """
     seen: dict[Any, torch.fx.Node] = {}
     removed = 0
     for node in list(graph.nodes):
-        if node.op != "call_function" or node.target not in _MERGEABLE_TARGETS:
+        if not _mergeable(node):
             continue
         key = (node.target, _freeze(node.args), _freeze(node.kwargs))
         original = seen.setdefault(key, node)
@@ -50,6 +66,52 @@ def merge_duplicate_views(graph: torch.fx.Graph) -> int:
             graph.erase_node(node)
             removed += 1
     return removed
+
+
+# Reductions whose second argument is a list of dims. Graphs spell "the last dim" as d = rank - 1
+# (decompositions) or -1 (user code); patterns are exact about literals, so both become -1.
+_REDUCTIONS_OVER_DIMS = {
+    aten.var_mean.correction,
+    aten.var.correction,
+    aten.mean.dim,
+    aten.sum.dim_IntList,
+    aten.amax.default,
+}
+
+
+def canonicalize_reduction_dims(graph: torch.fx.Graph) -> int:
+    """Spell a reduction over the last dim as dim ``[-1]``; returns the number of nodes changed."""
+    changed = 0
+    for node in graph.nodes:
+        if node.op != "call_function" or node.target not in _REDUCTIONS_OVER_DIMS or len(node.args) < 2:
+            continue
+        source, dims = node.args[0], node.args[1]
+        value = source.meta.get("val") if isinstance(source, torch.fx.Node) else None
+        if not isinstance(value, torch.Tensor) or not isinstance(dims, (list, tuple)) or len(dims) != 1:
+            continue
+        if dims[0] == value.dim() - 1:
+            node.args = (source, [-1], *node.args[2:])
+            changed += 1
+    return changed
+
+
+def functionalize_inplace_ops(graph: torch.fx.Graph) -> None:
+    """Replace in-place ATen ops on intermediates by their functional forms.
+
+    ``fwd_only`` traces decompositions as written (``F.rms_norm`` adds eps with ``add_``); post-grad
+    graphs are functional. Only used on traced patterns, whose in-place ops write intermediates.
+    """
+    for node in graph.nodes:
+        target = node.target
+        if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
+            continue
+        name = target._schema.name.split("::")[-1]
+        if not name.endswith("_") or name.endswith("__"):
+            continue
+        packet = getattr(aten, name[:-1], None)
+        functional = getattr(packet, target._overloadname, None) if packet is not None else None
+        if functional is not None:
+            node.target = functional
 
 
 # FX's "free this value" trailers (";  x = y = None") and the blank lines it puts between source

@@ -12,9 +12,10 @@ from typing import Any
 import torch
 from torch._inductor import custom_graph_pass
 from torch._inductor.custom_graph_pass import CustomGraphPass
+from torch._inductor.pattern_matcher import stable_topological_sort
 
 from fusion_passes.config import FusionConfig
-from fusion_passes.graph_utils import merge_duplicate_views
+from fusion_passes.graph_utils import canonicalize_reduction_dims, merge_duplicates
 from fusion_passes.patterns import active_run, explain_unfused, families, pattern_pass
 from fusion_passes.report import GLOBAL_REPORT, FusionReport, GraphReport
 
@@ -83,14 +84,22 @@ class FusionPassManager(InferenceAwarePass or CustomGraphPass):  # type: ignore[
             else:
                 chained_pass(graph)
         graph_report = GraphReport(graph_id=_graph_id(self.report))
-        merge_duplicate_views(graph)
+        merge_duplicates(graph)
+        canonicalize_reduction_dims(graph)
         enabled = [families()[name] for name in self.config.enabled_fusions()]
         with active_run(self.config, graph_report):
             for family in enabled:
-                pattern_pass(family.name).apply(graph)
+                if pattern_pass(family.name).apply(graph):
+                    # A fused op replaces a multi-output chain at its first output; operands
+                    # computed after that point move up.
+                    stable_topological_sort(graph)
+                if family.finish is not None:
+                    family.finish(graph)
+            graph.eliminate_dead_code()
+            # A chain one family refused and a later one fused is no near miss.
+            graph_report.forget_near_misses_outside(graph)
             for family in enabled:
                 explain_unfused(family, graph, graph_report)
-        graph.eliminate_dead_code()
         self.report.add(graph_report)
 
     def uuid(self) -> str | None:

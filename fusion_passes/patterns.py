@@ -19,24 +19,61 @@ from typing import Any
 import torch
 from torch._inductor.fx_passes.post_grad import view_to_reshape
 from torch._inductor.pattern_matcher import (
+    MULTIPLE,
+    CallFunction,
+    FailedMatch,
+    Ignored,
+    KeywordArg,
     Match,
+    MatchContext,
+    MatchResult,
+    Multiple,
+    MultiOutputPattern,
+    PatternExpr,
     PatternMatcherPass,
     fwd_only,
+    fx_to_pattern,
     is_match,
-    register_replacement,
+    register_graph_pattern,
 )
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from fusion_passes.config import FusionConfig
+from fusion_passes.graph_utils import canonicalize_reduction_dims, functionalize_inplace_ops
 from fusion_passes.report import GraphReport
 
 
 @dataclasses.dataclass(frozen=True)
-class MatchedChain:
-    """What a family check sees of a structural match: its input nodes and its output value."""
+class PatternVariant:
+    """One structural form of a family's chain; ``facts`` tell the check and replacement what it is."""
 
-    nodes: Mapping[str, Any]  # pattern input name -> fx Node (or a literal such as eps)
-    output: torch.Tensor  # fake value of the chain's output
+    name: str
+    # Builds the search pattern (traced pieces, composed and generalized); called once, lazily.
+    pattern: Callable[[], PatternExpr]
+    facts: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class MatchedChain:
+    """What a family's check and replacement see of a structural match."""
+
+    match: Match
+    variant: PatternVariant
+
+    @property
+    def nodes(self) -> Mapping[str, Any]:
+        """Pattern input name -> fx Node (or a literal such as eps)."""
+        return self.match.kwargs
+
+    @property
+    def outputs(self) -> list[torch.fx.Node]:
+        """The graph nodes the chain's outputs replace, in the pattern's output order."""
+        return [node for node in self.match.output_nodes() if node is not None]
+
+    @property
+    def output(self) -> torch.Tensor:
+        """Fake value of the chain's first output."""
+        return self.outputs[0].meta["val"]
 
     def value(self, name: str) -> Any:
         """The fake tensor (or literal) bound to pattern input ``name``; None if the variant lacks it."""
@@ -44,41 +81,39 @@ class MatchedChain:
         return node.meta.get("val") if isinstance(node, torch.fx.Node) else node
 
     def hinted(self, name: str) -> Any:
-        """Input ``name`` with symbolic sizes replaced by their hints (the sizes seen at compile time).
-
-        A meta tensor of the same dtype: size checks on it add no guards. None where a size has
-        no hint (data-dependent).
-        """
-        value = self.value(name)
-        if not isinstance(value, torch.Tensor):
-            return value
-        if all(isinstance(size, int) for size in value.shape):
-            return value
-        hints = [size if isinstance(size, int) else size.node.hint for size in value.shape]
-        if any(hint is None for hint in hints):
-            return None
-        return torch.empty(hints, dtype=value.dtype, device="meta")
+        """Input ``name`` with symbolic sizes replaced by their hints; see ``hinted``."""
+        return hinted(self.value(name))
 
     def produced_by_pointwise(self, name: str) -> bool:
         """Whether input ``name`` comes from a pointwise op, which Inductor would fuse into the chain."""
-        node = self.nodes.get(name)
-        target = getattr(node, "target", None)
-        return isinstance(target, torch._ops.OpOverload) and torch.Tag.pointwise in target.tags
+        return is_pointwise(self.nodes.get(name))
+
+
+def hinted(value: Any) -> Any:
+    """``value`` with symbolic sizes replaced by their hints (the sizes seen at compile time).
+
+    A meta tensor of the same dtype: size checks on it add no guards. None where a size has no
+    hint (data-dependent). Non-tensors are returned as they are.
+    """
+    if not isinstance(value, torch.Tensor) or all(isinstance(size, int) for size in value.shape):
+        return value
+    hints = [size if isinstance(size, int) else size.node.hint for size in value.shape]
+    if any(hint is None for hint in hints):
+        return None
+    return torch.empty(hints, dtype=value.dtype, device="meta")
+
+
+def is_pointwise(node: Any) -> bool:
+    """Whether ``node`` is a call of a pointwise ATen op."""
+    target = getattr(node, "target", None)
+    return isinstance(target, torch._ops.OpOverload) and torch.Tag.pointwise in target.tags
 
 
 # A family check returns why a structurally matched chain must stay unfused, or None to fuse it.
 FamilyCheck = Callable[[MatchedChain], "str | None"]
-
-
-@dataclasses.dataclass(frozen=True)
-class PatternVariant:
-    """One search/replace pair of a family, traced with inputs from ``example_inputs``."""
-
-    name: str
-    search: Callable[..., Any]
-    replace: Callable[..., Any]
-    example_inputs: Callable[[], Sequence[Any]]
-    scalar_workaround: Mapping[str, float] = dataclasses.field(default_factory=dict)
+# A family replacement returns a function and the flat arguments (graph nodes or literals) to
+# trace it with; the traced graph replaces the chain.
+FamilyReplacement = Callable[[MatchedChain], "tuple[Callable[..., Any], list[Any]]"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,11 +127,16 @@ class FusionFamily:
     check: FamilyCheck
     # Whether it is measured faster than Inductor alone on CUDA; skipped if config.size_rule is off.
     cuda_size_rule: FamilyCheck
+    replacement: FamilyReplacement
     # Ops that mark a candidate chain (e.g. the norm's var_mean); a seed left in the graph after
     # the pass is reported as a near miss with the best reason found.
     seed_targets: tuple[Any, ...]
     seed_hops: int
     unmatched_reason: str
+    # The report's name for a fused chain (default: its variant's name).
+    describe: Callable[[MatchedChain], str] | None = None
+    # Runs on the graph after this family's patterns (e.g. folding casts into fused ops).
+    finish: Callable[[torch.fx.Graph], None] | None = None
 
 
 _FAMILIES: dict[str, FusionFamily] = {}
@@ -116,11 +156,183 @@ def families() -> dict[str, FusionFamily]:
 
 
 def trace_post_grad(fn: Callable[..., Any], args: Sequence[Any], **kwargs: Any) -> torch.fx.GraphModule:
-    """Trace ``fn`` to decomposed ATen as post-grad graphs spell it (``aten.reshape``, not ``view``)."""
+    """Trace ``fn`` to decomposed ATen as post-grad graphs spell it (and as the pass normalizes them)."""
     # torch >= 2.12 passes get_decomp_fn=...; older versions pass nothing.
     gm = fwd_only(fn, args, **kwargs)
     view_to_reshape(gm)
+    functionalize_inplace_ops(gm.graph)
+    canonicalize_reduction_dims(gm.graph)
     return gm
+
+
+def traced_pattern(
+    fn: Callable[..., Any], example_inputs: Sequence[Any], scalar_workaround: Mapping[str, float] | None = None
+) -> PatternExpr:
+    """The exact pattern of ``fn`` (inputs named by its parameters), literals kept.
+
+    Literals stay exact (a pattern for ``1 + s`` does not match ``2 + s``, nor a norm over another
+    dim); call under FakeTensorMode. ``generalize`` then widens it where the semantics allow.
+    """
+    argnames = list(inspect.signature(fn).parameters)
+    scalar_workaround = dict(scalar_workaround or {})
+    args = [scalar_workaround.get(name, value) for name, value in zip(argnames, example_inputs, strict=True)]
+    gm = trace_post_grad(fn, args)
+    return fx_to_pattern(gm, argnames=argnames, scalar_workaround=scalar_workaround)
+
+
+aten = torch.ops.aten
+_COMMUTATIVE = {aten.add.Tensor, aten.mul.Tensor}
+_ADD_SCALAR_FORMS = [aten.add.Tensor, aten.add.Scalar]
+_CONVERT = torch.ops.prims.convert_element_type.default
+
+
+class Commutative(CallFunction):
+    """A two-operand call matching its operands in either order (``a + b`` or ``b + a``)."""
+
+    def __init__(self, fns: Any, first: Any, second: Any, _users: int | Multiple = 1) -> None:
+        super().__init__(fns, first, second, _users=_users)
+        self.swapped = _SwappedOperands(fns, second, first, _users=_users)
+        self.swapped.original = self
+
+    def _match(self, node: torch.fx.Node, ctx: MatchContext) -> MatchResult:
+        before = dict(ctx.pattern_to_node)
+        result = super()._match(node, ctx)
+        if is_match(result):
+            return result
+        # Undo the partial match of the first order before trying the second.
+        ctx.pattern_to_node = before
+        return self.swapped._match(node, ctx)
+
+
+class _SwappedOperands(CallFunction):
+    # The second order of a Commutative; its users are checked as the original's (which the
+    # match context knows as a pattern output where it is one).
+    original: Commutative
+
+    def _match_users(self, node: torch.fx.Node, ctx: MatchContext) -> bool:
+        return self.original._match_users(node, ctx)
+
+
+def _is_transparent(node: Any) -> bool:
+    # Ops that leave a value unchanged for fp32 math: an upcast to float32, a clone.
+    if not (isinstance(node, torch.fx.Node) and node.op == "call_function"):
+        return False
+    if node.target is _CONVERT:
+        return node.args[1] == torch.float32
+    return node.target is aten.clone.default
+
+
+class Transparent(PatternExpr):
+    """``child``, possibly behind upcasts to float32 and clones (which fp32 math cannot see).
+
+    Each use of a value gets its own ``Transparent``: a hand-written RMSNorm squares ``x.float()``
+    but scales ``x``. The skipped nodes are not part of the match; dead ones are removed later.
+    """
+
+    def __init__(self, child: PatternExpr) -> None:
+        super().__init__()
+        self.child = child
+
+    def _match(self, node: torch.fx.Node, ctx: MatchContext) -> MatchResult:
+        # Innermost first: an input binds to the value itself, the same at every use.
+        chain = [node]
+        while _is_transparent(chain[-1]):
+            chain.append(chain[-1].args[0])
+        before = dict(ctx.pattern_to_node)
+        for candidate in reversed(chain):
+            ctx.pattern_to_node = dict(before)
+            child_match = ctx.match(self.child, candidate)
+            if is_match(child_match):
+                break
+        if not is_match(child_match):
+            return child_match
+        match = Match(ctx, self)
+        match.extend(child_match)
+        return match
+
+    def __repr__(self) -> str:
+        return f"Transparent({self.child!r})"
+
+
+class NotACandidate(str):
+    """A check's reason that means "not this family's chain at all": no near miss is reported."""
+
+
+def substitute(pattern: PatternExpr, replacements: Mapping[str, PatternExpr]) -> PatternExpr:
+    """``pattern`` with the named inputs (KeywordArgs) replaced by other patterns; sharing kept."""
+    return _rebuild(pattern, lambda expr, rebuilt: replacements.get(expr.name) if isinstance(expr, KeywordArg) else None)
+
+
+def generalize(pattern: PatternExpr, scalars: Sequence[str] = ("eps",)) -> PatternExpr:
+    """Widen an exact traced pattern to the spellings that compute the same thing for fp32 math.
+
+    - ``add``/``mul`` of two tensors match in either operand order;
+    - an eps add matches ``add.Tensor`` (hand-written norms) and ``add.Scalar`` (``F.rms_norm``);
+    - an upcast to float32 may be absent (fp32 graphs), and every input may sit behind upcasts
+      and clones (``Transparent``, at each use separately);
+    - a downcast matches any target dtype (bf16 or fp16); family checks verify which.
+
+    ``scalars`` names the inputs that are numbers, not tensors.
+    """
+
+    def is_tensor_input(arg: Any) -> bool:
+        return isinstance(arg, KeywordArg) and arg.name not in scalars
+
+    def widen(expr: PatternExpr, rebuilt: Callable[[Any], Any]) -> PatternExpr | None:
+        if not isinstance(expr, CallFunction):
+            return None
+        args = [Transparent(arg) if is_tensor_input(arg) else rebuilt(arg) for arg in expr.args]
+        if expr.fns == [_CONVERT]:
+            if args[1] == torch.float32:
+                return args[0] if isinstance(args[0], Transparent) else Transparent(args[0])
+            return CallFunction(_CONVERT, args[0], Ignored(), _users=expr.users)
+        if len(expr.fns) == 1 and expr.fns[0] in _COMMUTATIVE and len(args) == 2 and not expr.kwargs:
+            if all(isinstance(arg, PatternExpr) and arg.__class__ is not KeywordArg for arg in args):
+                return Commutative(expr.fns, *args, _users=expr.users)
+            if expr.fns[0] is aten.add.Tensor:
+                return CallFunction(_ADD_SCALAR_FORMS, *args, _users=expr.users)
+        if expr.fns == [aten.add.Scalar]:
+            return CallFunction(_ADD_SCALAR_FORMS, *args, _users=expr.users)
+        kwargs = {key: rebuilt(value) for key, value in expr.kwargs.items()}
+        return CallFunction(expr.fns, *args, _users=expr.users, **kwargs)
+
+    return _rebuild(pattern, widen)
+
+
+def _rebuild(pattern: Any, rewrite: Callable[[PatternExpr, Callable[[Any], Any]], PatternExpr | None]) -> Any:
+    # Rebuild a pattern DAG bottom-up, keeping shared sub-patterns shared, except Transparent
+    # wrappers: each use gets its own, so one use may match an upcast and another the uncast value.
+    # ``rewrite(expr, rebuilt)`` returns a replacement for ``expr`` or None to copy it.
+    memo: dict[int, Any] = {}
+
+    def rebuilt(expr: Any) -> Any:
+        if isinstance(expr, (list, tuple)):
+            return type(expr)(rebuilt(item) for item in expr)
+        if not isinstance(expr, PatternExpr):
+            return expr
+        if id(expr) in memo:
+            return memo[id(expr)]
+        result = rewrite(expr, rebuilt)
+        if result is None:
+            result = _copy(expr, rebuilt)
+        if not isinstance(result, Transparent):
+            memo[id(expr)] = result
+        return result
+
+    return rebuilt(pattern)
+
+
+def _copy(expr: PatternExpr, rebuilt: Callable[[Any], Any]) -> PatternExpr:
+    if isinstance(expr, MultiOutputPattern):
+        return MultiOutputPattern([rebuilt(output) for output in expr.outputs])
+    if isinstance(expr, Commutative):
+        return Commutative(expr.fns, *[rebuilt(arg) for arg in expr.args], _users=expr.users)
+    if isinstance(expr, CallFunction):
+        kwargs = {key: rebuilt(value) for key, value in expr.kwargs.items()}
+        return CallFunction(expr.fns, *[rebuilt(arg) for arg in expr.args], _users=expr.users, **kwargs)
+    if isinstance(expr, Transparent):
+        return Transparent(rebuilt(expr.child))
+    return expr
 
 
 # The run in progress: set by the pass manager while it applies patterns, read by extra checks.
@@ -142,6 +354,7 @@ def _make_extra_check(family: FusionFamily, variant: PatternVariant) -> Callable
         if not _ACTIVE_RUN:
             return False
         config, report = _ACTIVE_RUN[-1]
+        chain = MatchedChain(match=match, variant=variant)
         anchor = match.output_node()
         output = anchor.meta.get("val")
         if not isinstance(output, torch.Tensor):
@@ -149,35 +362,40 @@ def _make_extra_check(family: FusionFamily, variant: PatternVariant) -> Callable
         elif output.device.type not in config.devices:
             reason = f"device {output.device.type!r} is not in config.devices {config.devices}"
         else:
-            chain = MatchedChain(nodes=dict(match.kwargs), output=output)
             reason = family.check(chain)
             if reason is None and output.device.type == "cuda" and config.size_rule:
                 reason = family.cuda_size_rule(chain)
         if reason is not None:
-            report.add_near_miss(family.name, variant.name, anchor, reason)
+            if not isinstance(reason, NotACandidate):
+                report.add_near_miss(family.name, variant.name, anchor, reason)
             return False
-        report.add_fusion(family.name, variant.name, anchor)
         return True
 
     return extra_check
 
 
+def _make_handler(family: FusionFamily, variant: PatternVariant) -> Callable[..., None]:
+    def handler(match: Match, *args: Any, **kwargs: Any) -> None:
+        chain = MatchedChain(match=match, variant=variant)
+        _, report = _ACTIVE_RUN[-1]
+        name = variant.name if family.describe is None else family.describe(chain)
+        report.add_fusion(family.name, name, match.output_node())
+        replacement, flat_args = family.replacement(chain)
+        match.replace_by_example(replacement, flat_args, trace_fn=trace_post_grad)
+
+    return handler
+
+
 @functools.cache
 def pattern_pass(family_name: str) -> PatternMatcherPass:
-    """The family's patterns, registered once on first use (traced under fake tensors)."""
+    """The family's patterns, built and registered once on first use (traced under fake tensors)."""
     family = _FAMILIES[family_name]
     patterns = PatternMatcherPass(pass_name=f"fusion_passes.{family_name}")
     with FakeTensorMode():
         for variant in family.variants():
-            register_replacement(
-                variant.search,
-                variant.replace,
-                list(variant.example_inputs()),
-                trace_post_grad,
-                patterns,
-                extra_check=_make_extra_check(family, variant),
-                scalar_workaround=dict(variant.scalar_workaround),
-            )
+            register_graph_pattern(
+                variant.pattern(), extra_check=_make_extra_check(family, variant), pass_dict=patterns
+            )(_make_handler(family, variant))
     return patterns
 
 
@@ -215,7 +433,7 @@ def explain_unfused(family: FusionFamily, graph: torch.fx.Graph, report: GraphRe
 def with_signature(fn: Callable[..., Any], params: Sequence[str]) -> Callable[..., Any]:
     """``fn(**kwargs)`` exposed as a function of the positional ``params``.
 
-    register_replacement reads a pattern's inputs from its signature, so variants that drop an
+    traced_pattern reads a pattern's inputs from its signature, so variants that drop an
     optional operand (no shift, no weight) are generated from one keyword function this way.
     """
 

@@ -61,6 +61,14 @@ class GraphReport:
         """Record that the chain at ``node`` was left unfused for ``reason``."""
         self.near_misses.append(NearMiss(fusion, pattern, node.name, source_line(node), reason))
 
+    def forget_near_misses_outside(self, graph: torch.fx.Graph) -> None:
+        """Drop near misses whose node is no longer in ``graph`` (another pattern fused it)."""
+        import os
+        if os.environ.get("KEEP_MISSES"):
+            return
+        names = {node.name for node in graph.nodes}
+        self.near_misses = [miss for miss in self.near_misses if miss.node in names]
+
     def counts(self) -> dict[str, int]:
         """Number of fusions per fusion kind."""
         return dict(collections.Counter(record.fusion for record in self.fused))

@@ -1,16 +1,28 @@
-"""AdaLN: LayerNorm followed by modulation, ``y = LN(x) * (1 + scale) + shift`` (SPEC.md F1).
+"""AdaLN: a norm followed by modulation (SPEC.md F1, F2, F3), as two custom ops on one kernel.
 
-One file holds the op's whole story: the pure-torch reference (CPU and unsupported cases), the
-one-pass Triton kernel, its launcher, and the ``fusion_passes::layer_norm_modulate`` custom op.
+- ``fusion_passes::norm_modulate``: ``y = N(x) * (1 + scale) + shift`` (F1).
+- ``fusion_passes::residual_norm_modulate``: ``r = residual + gate * x; y = N(r) * (1 + scale) + shift``,
+  returning ``(y, r)`` (F2).
+
+``N`` is LayerNorm or RMSNorm over the last dim with optional weight (and bias, LayerNorm only).
+Every modulation operand (gate, scale, shift) is a list of one tensor, or of two when ``select``
+is given (F3): a boolean per row (broadcast to ``x.shape[:-1] + (1,)``) choosing the first tensor
+where true, the second where false; each row loads only the chosen tensor's row. ``rounding``
+names where the unfused graph rounds the normalized value to the norm input's dtype ("none",
+"before_weight", "after_affine"); statistics and modulation are fp32, outputs rounded once at the
+store. The residual ``r`` is stored in ``residual_dtype`` and normalized as stored.
+
+One file holds the whole story: the pure-torch reference (CPU, and CUDA operands the kernel does
+not take), the one-pass Triton kernel, its launcher, and the custom ops.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -27,47 +39,84 @@ MAX_HIDDEN = 16384
 # axis, which CUDA caps at 65535.
 MAX_GRID_Y = 65535
 
-
-def modulation_dtype(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor | None) -> torch.dtype:
-    """Result dtype of ``LN(x) * (1 + scale) + shift``: LN keeps x's dtype, then type promotion."""
-    dtype = torch.promote_types(x.dtype, scale.dtype)
-    return dtype if shift is None else torch.promote_types(dtype, shift.dtype)
+NORMS = ("layer", "rms")
+ROUNDINGS = ("none", "before_weight", "after_affine")
 
 
-def layer_norm_modulate_reference(
-    x: torch.Tensor,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    scale: torch.Tensor,
-    shift: torch.Tensor | None,
-    eps: float,
-) -> torch.Tensor:
-    """Pure-torch LN + modulation with fp32 math and one rounding at the end."""
-    y = F.layer_norm(
-        x.float(),
-        x.shape[-1:],
-        None if weight is None else weight.float(),
-        None if bias is None else bias.float(),
-        eps,
-    )
-    y = y * (1 + scale.float())
+@dataclasses.dataclass(frozen=True)
+class NormModulate:
+    """The operands and settings of one fused call; ``residual is None`` for F1."""
+
+    x: torch.Tensor
+    residual: torch.Tensor | None
+    gate: tuple[torch.Tensor, ...]
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+    scale: tuple[torch.Tensor, ...]
+    shift: tuple[torch.Tensor, ...]
+    select: torch.Tensor | None
+    eps: float
+    norm: str
+    scale_plus_one: bool
+    rounding: str
+    residual_dtype: torch.dtype | None
+    out_dtype: torch.dtype
+
+    @property
+    def norm_input_dtype(self) -> torch.dtype:
+        """Dtype of the tensor the norm reads: the stored residual, else x."""
+        return self.x.dtype if self.residual_dtype is None else self.residual_dtype
+
+    def modulation(self) -> tuple[tuple[str, tuple[torch.Tensor, ...]], ...]:
+        """(name, tensors) of every modulation operand that is present."""
+        return tuple((name, tensors) for name, tensors in (("gate", self.gate), ("scale", self.scale), ("shift", self.shift)) if tensors)
+
+
+def _chosen(tensors: tuple[torch.Tensor, ...], select: torch.Tensor | None) -> torch.Tensor | None:
+    if not tensors:
+        return None
+    return torch.where(select, tensors[0], tensors[1]) if select is not None else tensors[0]
+
+
+def reference(call: NormModulate) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pure-torch ``(y, r)`` with fp32 math and the unfused graph's roundings (r None for F1)."""
+    gate, scale, shift = (_chosen(tensors, call.select) for tensors in (call.gate, call.scale, call.shift))
+    residual_out = None
+    value = call.x.float()
+    if call.residual is not None:
+        value = call.residual.float() + (value if gate is None else gate.float() * value)
+        residual_out = value.to(call.residual_dtype)
+        value = residual_out.float()
+    if call.norm == "layer":
+        value = value - value.mean(-1, keepdim=True)
+    value = value * torch.rsqrt(value.square().mean(-1, keepdim=True) + call.eps)
+    if call.rounding == "before_weight":
+        value = value.to(call.norm_input_dtype).float()
+    if call.weight is not None:
+        value = value * call.weight.float()
+    if call.bias is not None:
+        value = value + call.bias.float()
+    if call.rounding == "after_affine":
+        value = value.to(call.norm_input_dtype).float()
+    value = value * (1 + scale.float() if call.scale_plus_one else scale.float())
     if shift is not None:
-        y = y + shift.float()
-    return y.to(modulation_dtype(x, scale, shift)).contiguous()
+        value = value + shift.float()
+    y = value.to(call.out_dtype).contiguous()
+    return y, None if residual_out is None else residual_out.contiguous()
 
 
-def unsupported_reason(
-    x: torch.Tensor,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    scale: torch.Tensor,
-    shift: torch.Tensor | None,
-) -> str | None:
-    """Why the Triton kernel cannot run these operands, or None when it can (runs on every call)."""
-    operands = (("x", x), ("weight", weight), ("bias", bias), ("scale", scale), ("shift", shift))
-    for name, tensor in operands:
+def unsupported_reason(call: NormModulate) -> str | None:
+    """Why the Triton kernel cannot run ``call``, or None when it can (runs on every call)."""
+    x = call.x
+    tensors = [("x", x), ("residual", call.residual), ("weight", call.weight), ("bias", call.bias)]
+    for name, pair in call.modulation():
+        tensors += [(name if i == 0 else f"{name} (else)", tensor) for i, tensor in enumerate(pair)]
+    for name, tensor in tensors:
         if tensor is not None and tensor.dtype not in SUPPORTED_DTYPES:
             return f"{name} dtype {tensor.dtype} is not one of {sorted(map(str, SUPPORTED_DTYPES))}"
+    for name, dtype in (("out_dtype", call.out_dtype), ("residual_dtype", call.residual_dtype)):
+        if dtype is not None and dtype not in SUPPORTED_DTYPES:
+            return f"{name} {dtype} is not one of {sorted(map(str, SUPPORTED_DTYPES))}"
     if not 2 <= x.dim() <= 4:
         return f"x has {x.dim()} dims; the kernel takes 2 to 4"
     if (first := collapse_leading_dims(x.shape)[0]) > MAX_GRID_Y:
@@ -75,30 +124,83 @@ def unsupported_reason(
     hidden = x.shape[-1]
     if not 1 <= hidden <= MAX_HIDDEN:
         return f"hidden size {hidden} is outside 1..{MAX_HIDDEN}"
-    for name, tensor in operands[1:3]:
+    if call.residual is not None and call.residual.shape != x.shape:
+        return f"residual shape {tuple(call.residual.shape)} is not x's {tuple(x.shape)}"
+    for name, tensor in (("weight", call.weight), ("bias", call.bias)):
         if tensor is not None and tensor.shape != (hidden,):
             return f"{name} shape {tuple(tensor.shape)} is not ({hidden},)"
-    for name, tensor in operands[3:]:
-        if tensor is not None and not broadcasts_to(tensor.shape, x.shape):
-            return f"{name} shape {tuple(tensor.shape)} does not broadcast to x shape {tuple(x.shape)}"
+    for name, pair in call.modulation():
+        for tensor in pair:
+            if not broadcasts_to(tensor.shape, x.shape):
+                return f"{name} shape {tuple(tensor.shape)} does not broadcast to x shape {tuple(x.shape)}"
+        if len(pair) == 2 and pair[0].dtype != pair[1].dtype:
+            return f"{name}'s two selectable tensors differ in dtype: {pair[0].dtype} and {pair[1].dtype}"
+    if call.select is not None:
+        if call.select.dtype != torch.bool:
+            return f"select dtype {call.select.dtype} is not torch.bool"
+        if not broadcasts_to(call.select.shape, (*x.shape[:-1], 1)):
+            return f"select shape {tuple(call.select.shape)} does not broadcast to one value per row of x {tuple(x.shape)}"
+    return None
+
+
+def _argument_error(call: NormModulate) -> str | None:
+    # Errors in the settings (not the operands): a wrong graph rewrite, never a fallback case.
+    if call.norm not in NORMS:
+        return f"norm: expected one of {NORMS}, got {call.norm!r}"
+    if call.rounding not in ROUNDINGS:
+        return f"rounding: expected one of {ROUNDINGS}, got {call.rounding!r}"
+    if call.norm == "rms" and call.bias is not None:
+        return "bias: RMSNorm has no bias, got a tensor"
+    if not call.scale:
+        return "scale: expected one or two tensors, got none"
+    if (call.residual is None) != (call.residual_dtype is None):
+        return "residual_dtype: expected exactly when residual is given"
+    if call.residual is None and call.gate:
+        return "gate: expected only with a residual"
+    expected = 1 if call.select is None else 2
+    for name, tensors in call.modulation():
+        if len(tensors) != expected:
+            return f"{name}: expected {expected} tensor(s) ({'with' if expected == 2 else 'without'} select), got {len(tensors)}"
     return None
 
 
 @triton.jit
-def _layer_norm_modulate_kernel(
-    x_ptr, weight_ptr, bias_ptr, scale_ptr, shift_ptr, out_ptr,
+def _load_modulation(
+    ptr, else_ptr, s0, s1, s2, sc, e0, e1, e2, ec, i0, i1, i2, cols, mask, chosen, HAS_SELECT: tl.constexpr
+):
+    # One row of a modulation operand per x row; with a selection, the row of the chosen tensor
+    # only (a pointer select, then one load).
+    offsets = (i0 * s0 + i1 * s1 + i2 * s2)[:, None] + cols[None, :] * sc
+    ptrs = ptr + offsets
+    if HAS_SELECT:
+        else_offsets = (i0 * e0 + i1 * e1 + i2 * e2)[:, None] + cols[None, :] * ec
+        ptrs = tl.where(chosen[:, None], ptrs, else_ptr + else_offsets)
+    return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _norm_modulate_kernel(
+    x_ptr, residual_ptr, gate_ptr, gate_else_ptr, weight_ptr, bias_ptr,
+    scale_ptr, scale_else_ptr, shift_ptr, shift_else_ptr, select_ptr,
+    out_ptr, residual_out_ptr,
     dim1, dim2, hidden, eps,
     x_s0, x_s1, x_s2, x_sc,
-    scale_s0, scale_s1, scale_s2, scale_sc,
-    shift_s0, shift_s1, shift_s2, shift_sc,
-    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SHIFT: tl.constexpr,
-    MODULATION_PER_ROW: tl.constexpr,
+    res_s0, res_s1, res_s2, res_sc,
+    gate_s0, gate_s1, gate_s2, gate_sc, gate_e0, gate_e1, gate_e2, gate_ec,
+    scale_s0, scale_s1, scale_s2, scale_sc, scale_e0, scale_e1, scale_e2, scale_ec,
+    shift_s0, shift_s1, shift_s2, shift_sc, shift_e0, shift_e1, shift_e2, shift_ec,
+    select_s0, select_s1, select_s2,
+    IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_GATE: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    ROUND_BEFORE_WEIGHT: tl.constexpr, ROUND_AFTER_AFFINE: tl.constexpr,
+    SCALE_PLUS_ONE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_SELECT: tl.constexpr,
     BLOCK_ROWS: tl.constexpr, BLOCK_HIDDEN: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     # Grid: (programs over the rows of one i0, i0). Rows are the flattened leading dims (i0, i1, i2),
     # x's leading dims left-padded with 1 (so i0 is x's first dim only for 4-D x). Each operand
-    # brings its own strides for them, so chunk views and broadcast (stride 0) modulation are read
-    # in place. Modulation constant over (i1, i2) is loaded once per program, else once per row.
+    # brings its own strides for them, so chunk views and broadcast (stride 0) operands are read in
+    # place. Each program loops over blocks of rows, keeping each row in registers: one read of
+    # every input, one write of every output.
     i0 = tl.program_id(1).to(tl.int64)
     rows_per_batch = dim1 * dim2
     cols = tl.arange(0, BLOCK_HIDDEN)
@@ -107,40 +209,64 @@ def _layer_norm_modulate_kernel(
         weight = tl.load(weight_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
     if HAS_BIAS:
         bias = tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
-    if not MODULATION_PER_ROW:
-        scale = tl.load(scale_ptr + i0 * scale_s0 + cols * scale_sc, mask=col_mask, other=0.0).to(tl.float32)[None, :]
-        if HAS_SHIFT:
-            shift = tl.load(shift_ptr + i0 * shift_s0 + cols * shift_sc, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    if HAS_RESIDUAL:
+        norm_dtype = residual_out_ptr.dtype.element_ty
+    else:
+        norm_dtype = x_ptr.dtype.element_ty
 
     n_blocks = tl.cdiv(rows_per_batch, BLOCK_ROWS)
     for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0), num_stages=NUM_STAGES):
         rows = block * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS).to(tl.int64)
-        mask = (rows < rows_per_batch)[:, None] & col_mask[None, :]
+        row_mask = rows < rows_per_batch
+        mask = row_mask[:, None] & col_mask[None, :]
         i1 = rows // dim2
         i2 = rows % dim2
+        chosen = row_mask
+        if HAS_SELECT:
+            chosen = tl.load(select_ptr + i0 * select_s0 + i1 * select_s1 + i2 * select_s2, mask=row_mask, other=0) != 0
 
         x_offsets = (i0 * x_s0 + i1 * x_s1 + i2 * x_s2)[:, None] + cols[None, :] * x_sc
-        x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
-        if MODULATION_PER_ROW:
-            scale_offsets = (i0 * scale_s0 + i1 * scale_s1 + i2 * scale_s2)[:, None] + cols[None, :] * scale_sc
-            scale = tl.load(scale_ptr + scale_offsets, mask=mask, other=0.0).to(tl.float32)
-            if HAS_SHIFT:
-                shift_offsets = (i0 * shift_s0 + i1 * shift_s1 + i2 * shift_s2)[:, None] + cols[None, :] * shift_sc
-                shift = tl.load(shift_ptr + shift_offsets, mask=mask, other=0.0).to(tl.float32)
-
-        mean = tl.sum(x, axis=1) / hidden
-        centered = tl.where(mask, x - mean[:, None], 0.0)
-        variance = tl.sum(centered * centered, axis=1) / hidden
-        y = centered * (1.0 / tl.sqrt(variance + eps))[:, None]
-        if HAS_WEIGHT:
-            y = y * weight
-        if HAS_BIAS:
-            y = y + bias
-        y = y * (1.0 + scale)
-        if HAS_SHIFT:
-            y = y + shift
+        value = tl.load(x_ptr + x_offsets, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
         out_offsets = (i0 * rows_per_batch + rows)[:, None] * hidden + cols[None, :]
-        tl.store(out_ptr + out_offsets, y.to(out_ptr.dtype.element_ty), mask=mask, eviction_policy="evict_first")
+        if HAS_RESIDUAL:
+            res_offsets = (i0 * res_s0 + i1 * res_s1 + i2 * res_s2)[:, None] + cols[None, :] * res_sc
+            residual = tl.load(residual_ptr + res_offsets, mask=mask, other=0.0, eviction_policy="evict_first")
+            if HAS_GATE:
+                value = value * _load_modulation(
+                    gate_ptr, gate_else_ptr, gate_s0, gate_s1, gate_s2, gate_sc, gate_e0, gate_e1, gate_e2, gate_ec,
+                    i0, i1, i2, cols, mask, chosen, HAS_SELECT,
+                )
+            # The graph stores r, then normalizes the stored (rounded) value.
+            stored = (residual.to(tl.float32) + value).to(norm_dtype)
+            tl.store(residual_out_ptr + out_offsets, stored, mask=mask, eviction_policy="evict_first")
+            value = stored.to(tl.float32)
+
+        if not IS_RMS:
+            mean = tl.sum(value, axis=1) / hidden
+            value = tl.where(mask, value - mean[:, None], 0.0)
+        mean_square = tl.sum(value * value, axis=1) / hidden
+        value = value * (1.0 / tl.sqrt(mean_square + eps))[:, None]
+        if ROUND_BEFORE_WEIGHT:
+            value = value.to(norm_dtype).to(tl.float32)
+        if HAS_WEIGHT:
+            value = value * weight
+        if HAS_BIAS:
+            value = value + bias
+        if ROUND_AFTER_AFFINE:
+            value = value.to(norm_dtype).to(tl.float32)
+        scale = _load_modulation(
+            scale_ptr, scale_else_ptr, scale_s0, scale_s1, scale_s2, scale_sc, scale_e0, scale_e1, scale_e2, scale_ec,
+            i0, i1, i2, cols, mask, chosen, HAS_SELECT,
+        )
+        if SCALE_PLUS_ONE:
+            scale = scale + 1.0
+        value = value * scale
+        if HAS_SHIFT:
+            value = value + _load_modulation(
+                shift_ptr, shift_else_ptr, shift_s0, shift_s1, shift_s2, shift_sc, shift_e0, shift_e1, shift_e2, shift_ec,
+                i0, i1, i2, cols, mask, chosen, HAS_SELECT,
+            )
+        tl.store(out_ptr + out_offsets, value.to(out_ptr.dtype.element_ty), mask=mask, eviction_policy="evict_first")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,84 +300,132 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
-def layer_norm_modulate_triton(
-    x: torch.Tensor,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    scale: torch.Tensor,
-    shift: torch.Tensor | None,
-    eps: float,
-    config: LaunchConfig | None = None,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Launch the one-pass kernel into ``out`` (new if None), after checking the operands."""
-    reason = unsupported_reason(x, weight, bias, scale, shift)
-    if reason is not None:
-        raise ValueError(f"layer_norm_modulate_triton: {reason}")
-    dtype = modulation_dtype(x, scale, shift)
-    if out is not None and (out.shape != x.shape or out.dtype != dtype or not out.is_contiguous()):
-        raise ValueError(
-            f"out: expected a contiguous {dtype} tensor of shape {tuple(x.shape)}, "
-            f"got {out.dtype} {tuple(out.shape)} with strides {out.stride()}"
-        )
-    return _launch(x, weight, bias, scale, shift, eps, config, out)
+_NO_STRIDES = (0, 0, 0, 0)
 
 
-def _launch(
-    x: torch.Tensor,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    scale: torch.Tensor,
-    shift: torch.Tensor | None,
-    eps: float,
-    config: LaunchConfig | None = None,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    # Unchecked: the op's CUDA path checks once and comes here, keeping host overhead low.
+def _pair_args(tensors: tuple[torch.Tensor, ...], shape: torch.Size) -> tuple[object, ...]:
+    # (pointer, else pointer, strides, else strides); absent operands pass x-free placeholders.
+    if not tensors:
+        return (None, None), _NO_STRIDES + _NO_STRIDES
+    first, second = tensors[0], tensors[-1]
+    return (first, second), broadcast_strides(first, shape) + broadcast_strides(second, shape)
+
+
+def _launch(call: NormModulate, config: LaunchConfig | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    # Unchecked: the ops' CUDA path checks once and comes here, keeping host overhead low.
+    x = call.x
     hidden = x.shape[-1]
-    if out is None:
-        out = torch.empty(x.shape, dtype=modulation_dtype(x, scale, shift), device=x.device)
+    out = torch.empty(x.shape, dtype=call.out_dtype, device=x.device)
+    residual_out = None
+    if call.residual is not None:
+        residual_out = torch.empty(x.shape, dtype=call.residual_dtype, device=x.device)
     n_rows = out.numel() // hidden
     if n_rows == 0:
-        return out
+        return out, residual_out
     leading = collapse_leading_dims(x.shape)
-    x_strides = broadcast_strides(x, x.shape)
-    scale_strides = broadcast_strides(scale, x.shape)
-    shift_strides = broadcast_strides(shift, x.shape) if shift is not None else (0, 0, 0, 0)
+    (gate, gate_else), gate_strides = _pair_args(call.gate, x.shape)
+    (scale, scale_else), scale_strides = _pair_args(call.scale, x.shape)
+    (shift, shift_else), shift_strides = _pair_args(call.shift, x.shape)
+    residual_strides = broadcast_strides(call.residual, x.shape) if call.residual is not None else _NO_STRIDES
+    select_strides = broadcast_strides(call.select, x.shape)[:3] if call.select is not None else (0, 0, 0)
     config = config or launch_config(hidden)
     n_programs = triton.cdiv(n_rows // leading[0], config.block_rows)
     if config.programs_per_sm:
         per_batch = triton.cdiv(config.programs_per_sm * _multiprocessors(x.device), leading[0])
         n_programs = min(n_programs, per_batch)
-    modulation_per_row = any(strides[1] or strides[2] for strides in (scale_strides, shift_strides))
-    _layer_norm_modulate_kernel[(n_programs, leading[0])](
-        x, weight, bias, scale, shift, out,
-        leading[1], leading[2], hidden, eps,
-        *x_strides, *scale_strides, *shift_strides,
-        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, HAS_SHIFT=shift is not None,
-        MODULATION_PER_ROW=modulation_per_row,
+    _norm_modulate_kernel[(n_programs, leading[0])](
+        x, call.residual, gate, gate_else, call.weight, call.bias,
+        scale, scale_else, shift, shift_else, call.select,
+        out, residual_out,
+        leading[1], leading[2], hidden, call.eps,
+        *broadcast_strides(x, x.shape), *residual_strides, *gate_strides, *scale_strides, *shift_strides, *select_strides,
+        IS_RMS=call.norm == "rms", HAS_RESIDUAL=call.residual is not None, HAS_GATE=bool(call.gate),
+        HAS_WEIGHT=call.weight is not None, HAS_BIAS=call.bias is not None,
+        ROUND_BEFORE_WEIGHT=call.rounding == "before_weight", ROUND_AFTER_AFFINE=call.rounding == "after_affine",
+        SCALE_PLUS_ONE=call.scale_plus_one, HAS_SHIFT=bool(call.shift), HAS_SELECT=call.select is not None,
         BLOCK_ROWS=config.block_rows, BLOCK_HIDDEN=triton.next_power_of_2(hidden),
         NUM_STAGES=config.num_stages, num_warps=config.num_warps,
     )
-    return out
+    return out, residual_out
 
 
-# ``LN(x) * (1 + scale) + shift`` over the last dim, scale/shift broadcast to x. The reference is
-# the op's default (CPU) implementation; CUDA launches the kernel.
-layer_norm_modulate = torch.library.custom_op("fusion_passes::layer_norm_modulate", mutates_args=())(
-    layer_norm_modulate_reference
-)
+def norm_modulate_triton(call: NormModulate, config: LaunchConfig | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run the one-pass kernel on ``call`` after checking it; returns ``(y, r)`` (r None for F1)."""
+    reason = _argument_error(call) or unsupported_reason(call)
+    if reason is not None:
+        raise ValueError(f"norm_modulate_triton: {reason}")
+    return _launch(call, config)
 
 
-@layer_norm_modulate.register_fake
-def _layer_norm_modulate_fake(x, weight, bias, scale, shift, eps):
-    return torch.empty(x.shape, dtype=modulation_dtype(x, scale, shift), device=x.device)
-
-
-@layer_norm_modulate.register_kernel("cuda")
-def _layer_norm_modulate_cuda(x, weight, bias, scale, shift, eps):
-    if unsupported_reason(x, weight, bias, scale, shift) is not None:
-        return layer_norm_modulate_reference(x, weight, bias, scale, shift, eps)
+def _run(call: NormModulate) -> tuple[torch.Tensor, torch.Tensor | None]:
+    # The ops' implementation on every device: the kernel where it runs, else the reference.
+    error = _argument_error(call)
+    if error is not None:
+        raise ValueError(error)
+    if call.x.device.type != "cuda" or unsupported_reason(call) is not None:
+        return reference(call)
     # Triton launches on the current device; x may live on another one.
-    with torch.cuda.device(x.device):
-        return _launch(x, weight, bias, scale, shift, eps)
+    with torch.cuda.device(call.x.device):
+        return _launch(call)
+
+
+@torch.library.custom_op("fusion_passes::norm_modulate", mutates_args=())
+def norm_modulate(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    scale: Sequence[torch.Tensor],
+    shift: Sequence[torch.Tensor],
+    select: torch.Tensor | None,
+    eps: float,
+    norm: str,
+    scale_plus_one: bool,
+    rounding: str,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """F1: ``N(x) * (1 + scale) + shift`` (or ``* scale`` without ``scale_plus_one``)."""
+    call = NormModulate(
+        x, None, (), weight, bias, tuple(scale), tuple(shift), select, eps, norm, scale_plus_one, rounding, None, out_dtype
+    )
+    return _run(call)[0]
+
+
+@norm_modulate.register_fake
+def _norm_modulate_fake(x, weight, bias, scale, shift, select, eps, norm, scale_plus_one, rounding, out_dtype):
+    return torch.empty(x.shape, dtype=out_dtype, device=x.device)
+
+
+@torch.library.custom_op("fusion_passes::residual_norm_modulate", mutates_args=())
+def residual_norm_modulate(
+    residual: torch.Tensor,
+    x: torch.Tensor,
+    gate: Sequence[torch.Tensor],
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    scale: Sequence[torch.Tensor],
+    shift: Sequence[torch.Tensor],
+    select: torch.Tensor | None,
+    eps: float,
+    norm: str,
+    scale_plus_one: bool,
+    rounding: str,
+    residual_dtype: torch.dtype,
+    out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """F2: ``r = residual + gate * x`` then F1 on ``r``; returns ``(y, r)``."""
+    call = NormModulate(
+        x, residual, tuple(gate), weight, bias, tuple(scale), tuple(shift), select, eps, norm, scale_plus_one,
+        rounding, residual_dtype, out_dtype,
+    )
+    y, r = _run(call)
+    return y, r
+
+
+@residual_norm_modulate.register_fake
+def _residual_norm_modulate_fake(
+    residual, x, gate, weight, bias, scale, shift, select, eps, norm, scale_plus_one, rounding, residual_dtype, out_dtype
+):
+    return (
+        torch.empty(x.shape, dtype=out_dtype, device=x.device),
+        torch.empty(x.shape, dtype=residual_dtype, device=x.device),
+    )

@@ -14,7 +14,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 
 import fusion_passes
 from fusion_passes import FusionConfig, FusionPassManager
-from fusion_passes.graph_utils import merge_duplicate_views
+from fusion_passes.graph_utils import merge_duplicates
 
 CPU_OPTIONS = {"fusion_passes": {"devices": ("cpu",)}}
 
@@ -179,7 +179,7 @@ def test_uuid_is_none_when_a_chained_pass_cannot_be_keyed():
     assert FusionPassManager(FusionConfig(), chained=CountingPass(uuid=None)).uuid() is None
 
 
-def test_merge_duplicate_views():
+def test_merge_duplicates():
     graph = torch.fx.Graph()
     x = graph.placeholder("x")
     first = graph.call_function(torch.ops.aten.split.Tensor, (x, 4, -1))
@@ -187,7 +187,7 @@ def test_merge_duplicate_views():
     a = graph.call_function(torch.ops.aten.mul.Tensor, (graph.call_function(operator.getitem, (first, 0)), 2))
     b = graph.call_function(torch.ops.aten.mul.Tensor, (graph.call_function(operator.getitem, (second, 0)), 3))
     graph.output((a, b))
-    assert merge_duplicate_views(graph) == 2  # the second split and its getitem
+    assert merge_duplicates(graph) == 2  # the second split and its getitem
     splits = graph.find_nodes(op="call_function", target=torch.ops.aten.split.Tensor)
     assert len(splits) == 1 and len(splits[0].users) == 1
 
