@@ -76,14 +76,61 @@ def adaln_f1(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
 def adaln_f1_kernel(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
     """``adaln_f1`` through the Triton kernel directly, whatever the pass would decide."""
     shift, scale, _gate = emb.chunk(6, dim=1)[:3]
-    return adaln_kernels.layer_norm_modulate_triton(x, None, None, scale[:, None], shift[:, None], 1e-6)
+    call = adaln_kernels.NormModulate(
+        x, None, (), None, None, (scale[:, None],), (shift[:, None],), None, 1e-6, "layer", True, "none", None, x.dtype
+    )
+    return adaln_kernels.norm_modulate_triton(call)[0]
 
 
-def gated_residual_f1(residual: torch.Tensor, x: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The F2 chain (FLUX's norm2 input); only its F1 part fuses until F2 exists."""
+def adaln_f1_rms(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    """F1 with the hand-written fp32-statistics RMSNorm (no weight)."""
+    shift, scale, _gate = emb.chunk(6, dim=1)[:3]
+    variance = x.float().pow(2).mean(-1, keepdim=True)
+    normed = (x * torch.rsqrt(variance + 1e-6)).to(x.dtype)
+    return normed * (1 + scale[:, None]) + shift[:, None]
+
+
+def adaln_f1_fp32_form(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    """F1 as Wan writes it: fp32 modulation, ``x.float()`` normalized, ``type_as(x)``."""
+    shift, scale, _gate = emb.float().chunk(6, dim=1)[:3]
+    return (F.layer_norm(x.float(), x.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]).type_as(x)
+
+
+def residual_adaln(residual: torch.Tensor, x: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """F2 as FLUX's norm2 input: ``r = residual + gate * x``, then F1 on r; both returned."""
     shift, scale, gate = emb.chunk(6, dim=1)[:3]
     r = residual + gate[:, None] * x
     return r, F.layer_norm(r, r.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
+
+
+def residual_adaln_fp32_form(residual: torch.Tensor, x: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """F2 as Wan writes it: fp32 gate and modulation, every step cast back to the residual's dtype."""
+    shift, scale, gate = emb.float().chunk(6, dim=1)[:3]
+    r = (residual.float() + x * gate[:, None]).type_as(residual)
+    return r, (F.layer_norm(r.float(), r.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]).type_as(r)
+
+
+def select01_adaln(x: torch.Tensor, index: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    """F3 as Qwen-Image edit writes it: per token, modulation set 0 or 1 by ``index == 0``."""
+    sets = emb.chunk(2, dim=0)
+    (shift0, scale0, _), (shift1, scale1, _) = (s.chunk(6, dim=1)[:3] for s in sets)
+    chosen = index[..., None] == 0
+    scale = torch.where(chosen, scale0[:, None], scale1[:, None])
+    shift = torch.where(chosen, shift0[:, None], shift1[:, None])
+    return F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale) + shift
+
+
+def select01_residual_adaln(
+    residual: torch.Tensor, x: torch.Tensor, index: torch.Tensor, emb: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """F3 with F2: the gate, scale and shift all chosen per token."""
+    sets = emb.chunk(2, dim=0)
+    (shift0, scale0, gate0), (shift1, scale1, gate1) = (s.chunk(6, dim=1)[:3] for s in sets)
+    chosen = index[..., None] == 0
+    r = residual + torch.where(chosen, gate0[:, None], gate1[:, None]) * x
+    scale = torch.where(chosen, scale0[:, None], scale1[:, None])
+    shift = torch.where(chosen, shift0[:, None], shift1[:, None])
+    return r, F.layer_norm(r, r.shape[-1:], eps=1e-6) * (1 + scale) + shift
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,22 +142,36 @@ class Case:
     kernel_fn: Callable[..., object] | None
     n_activations: int  # [B, L, C] tensors read
     n_outputs: int  # [B, L, C] tensors written
+    n_modulations: int = 2  # [B, C] rows read per batch element (per set)
+    select01: bool = False  # an int [B, L] index and two modulation sets
 
     def inputs(self, shape: tuple[int, int, int], dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        """Fresh random inputs: the activations, then a [B, 6C] modulation embedding."""
-        batch, _tokens, hidden = shape
+        """Fresh random inputs: the activations, the index (F3), then a [B, 6C] (F3: [2B, 6C]) embedding."""
+        batch, tokens, hidden = shape
         activations = [torch.randn(shape, dtype=dtype, device="cuda") for _ in range(self.n_activations)]
-        return (*activations, torch.randn(batch, 6 * hidden, dtype=dtype, device="cuda"))
+        index = (torch.randint(0, 2, (batch, tokens), device="cuda", dtype=torch.int32),) if self.select01 else ()
+        sets = 2 if self.select01 else 1
+        return (*activations, *index, torch.randn(sets * batch, 6 * hidden, dtype=dtype, device="cuda"))
 
     def floor_bytes(self, shape: tuple[int, int, int], dtype: torch.dtype) -> int:
-        """Each activation read once, each output written once, modulation read once."""
+        """Each activation read once, each output written once, modulation (and index) read once."""
         batch, tokens, hidden = shape
         element_size = torch.finfo(dtype).bits // 8
-        return element_size * ((self.n_activations + self.n_outputs) * batch * tokens * hidden + 3 * batch * hidden)
+        sets = 2 if self.select01 else 1
+        activations = (self.n_activations + self.n_outputs) * batch * tokens * hidden
+        index = 4 * batch * tokens if self.select01 else 0
+        return element_size * (activations + sets * self.n_modulations * batch * hidden) + index
 
 
-F1_CASE = Case("F1 LN*(1+s)+t", adaln_f1, adaln_f1_kernel, n_activations=1, n_outputs=1)
-F2_AS_F1_CASE = Case("F2 chain, F1 part fused", gated_residual_f1, None, n_activations=2, n_outputs=2)
+CASES = {
+    "F1": Case("F1 LN*(1+s)+t", adaln_f1, adaln_f1_kernel, n_activations=1, n_outputs=1),
+    "F1 rms": Case("F1 RMS(fp32 stats)*(1+s)+t", adaln_f1_rms, None, n_activations=1, n_outputs=1),
+    "F1 fp32 form": Case("F1 fp32 form (Wan)", adaln_f1_fp32_form, None, n_activations=1, n_outputs=1),
+    "F2": Case("F2 res+g*x -> F1", residual_adaln, None, n_activations=2, n_outputs=2, n_modulations=3),
+    "F2 fp32 form": Case("F2 fp32 form (Wan)", residual_adaln_fp32_form, None, n_activations=2, n_outputs=2, n_modulations=3),
+    "F3": Case("F3 select01 F1", select01_adaln, None, n_activations=1, n_outputs=1, select01=True),
+    "F3+F2": Case("F3 select01 F2", select01_residual_adaln, None, n_activations=2, n_outputs=2, n_modulations=3, select01=True),
+}
 
 
 @dataclasses.dataclass
@@ -158,10 +219,10 @@ def bench(case: Case, shape: tuple[int, int, int], bandwidth: float, dtype: torc
     inductor = compile_fresh(case.fn, "inductor")
     fused = compile_fresh(case.fn, "fusion_passes")
     args = input_sets[0]
-    ref = case.fn(*(a.double() for a in args))
+    ref = case.fn(*(a.double() if a.is_floating_point() else a for a in args))
     rel_err_fused = relative_error(fused(*args), ref)
     rel_err_inductor = relative_error(inductor(*args), ref)
-    fusions = fusion_passes.report().counts().get("adaln", 0)
+    fusions = sum(fusion_passes.report().counts().values())
     times = {
         "eager_ms": time_cuda_graph(case.fn, input_sets),
         "inductor_ms": time_cuda_graph(inductor, input_sets),
@@ -204,7 +265,10 @@ def sweep_f1(shape: tuple[int, int, int], dtype: torch.dtype) -> list[dict]:
     for config in configs:
 
         def run(x, scale, shift, config=config):
-            return adaln_kernels.layer_norm_modulate_triton(x, None, None, scale, shift, 1e-6, config=config)
+            call = adaln_kernels.NormModulate(
+                x, None, (), None, None, (scale,), (shift,), None, 1e-6, "layer", True, "none", None, x.dtype
+            )
+            return adaln_kernels.norm_modulate_triton(call, config=config)
 
         results.append({"shape": shape, "config": dataclasses.astuple(config), "ms": time_cuda_graph(run, input_sets)})
     return results
@@ -232,14 +296,17 @@ def host_overhead(dtype: torch.dtype) -> dict[str, float]:
     torch._dynamo.reset()
     fused = compile_fresh(adaln_f1, "fusion_passes", size_rule=False)
     shift, scale = emb.chunk(6, dim=1)[:2]
-    op_args = (x, None, None, scale[:, None], shift[:, None], 1e-6)
+    op_args = (x, None, None, [scale[:, None]], [shift[:, None]], None, 1e-6, "layer", True, "none", dtype)
+    call = adaln_kernels.NormModulate(
+        x, None, (), None, None, (scale[:, None],), (shift[:, None],), None, 1e-6, "layer", True, "none", None, dtype
+    )
     with torch.inference_mode():
         return {
             "inductor_graph_us": host_us_per_call(inductor, (x, emb)),
             "fused_graph_us": host_us_per_call(fused, (x, emb)),
-            "custom_op_us": host_us_per_call(torch.ops.fusion_passes.layer_norm_modulate.default, op_args),
-            "launcher_us": host_us_per_call(adaln_kernels._launch, op_args),
-            "checks_us": host_us_per_call(adaln_kernels.unsupported_reason, op_args[:5]),
+            "custom_op_us": host_us_per_call(torch.ops.fusion_passes.norm_modulate.default, op_args),
+            "launcher_us": host_us_per_call(adaln_kernels._launch, (call,)),
+            "checks_us": host_us_per_call(adaln_kernels.unsupported_reason, (call,)),
         }
 
 
@@ -250,15 +317,13 @@ F1_SHAPES = [
     (1, 64, 3072),
     (1, 256, 3072),
     (1, 1024, 3072),
-    (1, 64, 1536),
     (1, 256, 1536),
-    (2, 512, 64),
     (4, 1024, 128),
-    (16, 1024, 128),
     (1, 4096, 512),
-    (1, 3072, 4096),
     (1, 4096, 1024),
+    (1, 16384, 1024),
     (2, 4096, 1152),
+    (1, 1024, 16384),
 ]
 F2_SHAPES = [
     (1, 4096, 3072),
@@ -266,10 +331,13 @@ F2_SHAPES = [
     (1, 32760, 1536),
     (1, 256, 3072),
     (1, 1024, 3072),
-    (1, 2048, 3072),
-    (1, 1024, 1536),
     (1, 4096, 1536),
+    (1, 4096, 1024),
+    (1, 4096, 512),
 ]
+# The other variants at the SPEC.md shapes, plus a small one.
+VARIANTS = ("F1 rms", "F1 fp32 form", "F2 fp32 form", "F3", "F3+F2")
+VARIANT_SHAPES = [(1, 4096, 3072), (1, 32760, 1536), (1, 256, 3072)]
 
 
 def main() -> None:
@@ -291,8 +359,13 @@ def main() -> None:
         f2_shapes = []
     else:
         f1_shapes, f2_shapes = F1_SHAPES, F2_SHAPES
-    rows = [bench(F1_CASE, shape, bandwidth, dtype) for shape in f1_shapes]
-    rows += [bench(F2_AS_F1_CASE, shape, bandwidth, dtype) for shape in f2_shapes]
+    plan = [(CASES["F1"], shape) for shape in f1_shapes] + [(CASES["F2"], shape) for shape in f2_shapes]
+    if not args.f1_shapes:
+        plan += [(CASES[name], shape) for name in VARIANTS for shape in VARIANT_SHAPES]
+    rows = []
+    for case, shape in plan:
+        rows.append(bench(case, shape, bandwidth, dtype))
+        print("row", json.dumps(dataclasses.asdict(rows[-1])), flush=True)
     sweep = [r for shape in f1_shapes[:3] for r in sweep_f1(shape, dtype)] if args.sweep else []
     overhead = host_overhead(dtype)
 

@@ -44,6 +44,7 @@ from fusion_passes.patterns import (
     generalize,
     hinted,
     is_pointwise,
+    is_transparent,
     register_family,
     substitute,
     traced_pattern,
@@ -257,6 +258,13 @@ class Plan:
         return " +select01" if self.select is not None else ""
 
 
+def _used_outside(node: torch.fx.Node, inside: set[torch.fx.Node]) -> bool:
+    # Users reached through skipped upcasts and clones count as inside when theirs are.
+    return any(
+        user not in inside and not (is_transparent(user) and not _used_outside(user, inside)) for user in node.users
+    )
+
+
 def _is_one(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 1
 
@@ -324,7 +332,7 @@ def plan(chain: MatchedChain) -> Plan | str:
     residual_form = facts["residual"]
     y_node = chain.outputs[0]
     r_node = chain.outputs[1] if residual_form is not None else None
-    if r_node is not None and all(user in chain.match.nodes for user in r_node.users):
+    if r_node is not None and not _used_outside(r_node, set(chain.match.nodes)):
         return "the residual sum is used only by the norm (the single-output fusion applies)"
     stream = chain.value("x") if r_node is None else r_node.meta["val"]
     x, gate = nodes["x"], nodes.get("gate")

@@ -201,7 +201,9 @@ class Commutative(CallFunction):
             return result
         # Undo the partial match of the first order before trying the second.
         ctx.pattern_to_node = before
-        return self.swapped._match(node, ctx)
+        swapped = self.swapped._match(node, ctx)
+        # An intermediate used elsewhere is the more useful failure to explain.
+        return result if not is_match(swapped) and "multiple_users" in str(result) else swapped
 
 
 class _SwappedOperands(CallFunction):
@@ -213,8 +215,8 @@ class _SwappedOperands(CallFunction):
         return self.original._match_users(node, ctx)
 
 
-def _is_transparent(node: Any) -> bool:
-    # Ops that leave a value unchanged for fp32 math: an upcast to float32, a clone.
+def is_transparent(node: Any) -> bool:
+    """Whether ``node`` leaves its input's value unchanged for fp32 math (an upcast to float32, a clone)."""
     if not (isinstance(node, torch.fx.Node) and node.op == "call_function"):
         return False
     if node.target is _CONVERT:
@@ -236,7 +238,7 @@ class Transparent(PatternExpr):
     def _match(self, node: torch.fx.Node, ctx: MatchContext) -> MatchResult:
         # Innermost first: an input binds to the value itself, the same at every use.
         chain = [node]
-        while _is_transparent(chain[-1]):
+        while is_transparent(chain[-1]):
             chain.append(chain[-1].args[0])
         before = dict(ctx.pattern_to_node)
         for candidate in reversed(chain):

@@ -35,8 +35,8 @@ from fusion_passes.kernels.common import (
 
 # Widest row the kernel keeps in registers; wider rows fall back to the reference.
 MAX_HIDDEN = 16384
-# The first of the three leading dims (x's first dim when x is 4-D) indexes the grid's second
-# axis, which CUDA caps at 65535.
+# The leading dims but the last (B for 3-D x, B * F for 4-D x) index the grid's second axis,
+# which CUDA caps at 65535.
 MAX_GRID_Y = 65535
 
 NORMS = ("layer", "rms")
@@ -79,28 +79,29 @@ def _chosen(tensors: tuple[torch.Tensor, ...], select: torch.Tensor | None) -> t
 
 
 def reference(call: NormModulate) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Pure-torch ``(y, r)`` with fp32 math and the unfused graph's roundings (r None for F1)."""
+    """Pure-torch ``(y, r)`` with fp32 math (fp64 for fp64 inputs) and the unfused graph's roundings."""
+    work = torch.float64 if call.x.dtype == torch.float64 else torch.float32
     gate, scale, shift = (_chosen(tensors, call.select) for tensors in (call.gate, call.scale, call.shift))
     residual_out = None
-    value = call.x.float()
+    value = call.x.to(work)
     if call.residual is not None:
-        value = call.residual.float() + (value if gate is None else gate.float() * value)
+        value = call.residual.to(work) + (value if gate is None else gate.to(work) * value)
         residual_out = value.to(call.residual_dtype)
-        value = residual_out.float()
+        value = residual_out.to(work)
     if call.norm == "layer":
         value = value - value.mean(-1, keepdim=True)
     value = value * torch.rsqrt(value.square().mean(-1, keepdim=True) + call.eps)
     if call.rounding == "before_weight":
-        value = value.to(call.norm_input_dtype).float()
+        value = value.to(call.norm_input_dtype).to(work)
     if call.weight is not None:
-        value = value * call.weight.float()
+        value = value * call.weight.to(work)
     if call.bias is not None:
-        value = value + call.bias.float()
+        value = value + call.bias.to(work)
     if call.rounding == "after_affine":
-        value = value.to(call.norm_input_dtype).float()
-    value = value * (1 + scale.float() if call.scale_plus_one else scale.float())
+        value = value.to(call.norm_input_dtype).to(work)
+    value = value * (1 + scale.to(work) if call.scale_plus_one else scale.to(work))
     if shift is not None:
-        value = value + shift.float()
+        value = value + shift.to(work)
     y = value.to(call.out_dtype).contiguous()
     return y, None if residual_out is None else residual_out.contiguous()
 
@@ -119,8 +120,9 @@ def unsupported_reason(call: NormModulate) -> str | None:
             return f"{name} {dtype} is not one of {sorted(map(str, SUPPORTED_DTYPES))}"
     if not 2 <= x.dim() <= 4:
         return f"x has {x.dim()} dims; the kernel takes 2 to 4"
-    if (first := collapse_leading_dims(x.shape)[0]) > MAX_GRID_Y:
-        return f"x's first leading dim {first} exceeds the CUDA grid limit {MAX_GRID_Y} for a {x.dim()}-D x"
+    leading = collapse_leading_dims(x.shape)
+    if (slices := leading[0] * leading[1]) > MAX_GRID_Y:
+        return f"x's leading dims before the last hold {slices} slices, over the CUDA grid limit {MAX_GRID_Y}"
     hidden = x.shape[-1]
     if not 1 <= hidden <= MAX_HIDDEN:
         return f"hidden size {hidden} is outside 1..{MAX_HIDDEN}"
@@ -165,17 +167,31 @@ def _argument_error(call: NormModulate) -> str | None:
 
 
 @triton.jit
-def _load_modulation(
-    ptr, else_ptr, s0, s1, s2, sc, e0, e1, e2, ec, i0, i1, i2, cols, mask, chosen, HAS_SELECT: tl.constexpr
+def _modulation_row(ptr, base, sc, cols, col_mask):
+    # One row of a modulation operand, for every x row of a program (it is constant over them).
+    return tl.load(ptr + base + cols * sc, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+
+
+@triton.jit
+def _modulation(
+    ptr, else_ptr, base, else_base, s2, e2, sc, ec, row, else_row, i2, cols, mask, chosen,
+    HAS_SELECT: tl.constexpr, HOISTED: tl.constexpr,
 ):
-    # One row of a modulation operand per x row; with a selection, the row of the chosen tensor
-    # only (a pointer select, then one load).
-    offsets = (i0 * s0 + i1 * s1 + i2 * s2)[:, None] + cols[None, :] * sc
-    ptrs = ptr + offsets
-    if HAS_SELECT:
-        else_offsets = (i0 * e0 + i1 * e1 + i2 * e2)[:, None] + cols[None, :] * ec
-        ptrs = tl.where(chosen[:, None], ptrs, else_ptr + else_offsets)
-    return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    # The modulation operand's value for each x row of the block. Hoisted: from the rows loaded
+    # once per program (``row``, ``else_row``). Otherwise per x row, loading only the chosen
+    # tensor's row (a pointer select, then one load).
+    # One return statement: Triton checks every return's shape, even in a branch never compiled.
+    if HOISTED:
+        if HAS_SELECT:
+            value = tl.where(chosen[:, None], row, else_row)
+        else:
+            value = row
+    else:
+        ptrs = ptr + (base + i2 * s2)[:, None] + cols[None, :] * sc
+        if HAS_SELECT:
+            ptrs = tl.where(chosen[:, None], ptrs, else_ptr + (else_base + i2 * e2)[:, None] + cols[None, :] * ec)
+        value = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    return value
 
 
 @triton.jit
@@ -193,16 +209,18 @@ def _norm_modulate_kernel(
     IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_GATE: tl.constexpr,
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     ROUND_BEFORE_WEIGHT: tl.constexpr, ROUND_AFTER_AFFINE: tl.constexpr,
-    SCALE_PLUS_ONE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_SELECT: tl.constexpr,
+    SCALE_PLUS_ONE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_SELECT: tl.constexpr, HOISTED: tl.constexpr,
     BLOCK_ROWS: tl.constexpr, BLOCK_HIDDEN: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
-    # Grid: (programs over the rows of one i0, i0). Rows are the flattened leading dims (i0, i1, i2),
-    # x's leading dims left-padded with 1 (so i0 is x's first dim only for 4-D x). Each operand
-    # brings its own strides for them, so chunk views and broadcast (stride 0) operands are read in
-    # place. Each program loops over blocks of rows, keeping each row in registers: one read of
-    # every input, one write of every output.
-    i0 = tl.program_id(1).to(tl.int64)
-    rows_per_batch = dim1 * dim2
+    # Rows are indexed by three leading dims (i0, i1, i2): x's leading dims left-padded with 1.
+    # Grid: (programs per slice, slice), a slice being one (i0, i1); each program loops over
+    # blocks of the slice's rows (i2), keeping each row in registers: one read of every input,
+    # one write of every output. Each operand brings its own strides, so chunk views and broadcast
+    # (stride 0) operands are read in place; modulation constant over i2 (``[B, 1, C]``, per
+    # frame) is HOISTED: loaded once per program, not once per row.
+    slice_id = tl.program_id(1).to(tl.int64)
+    i0 = slice_id // dim1
+    i1 = slice_id % dim1
     cols = tl.arange(0, BLOCK_HIDDEN)
     col_mask = cols < hidden
     if HAS_WEIGHT:
@@ -213,28 +231,45 @@ def _norm_modulate_kernel(
         norm_dtype = residual_out_ptr.dtype.element_ty
     else:
         norm_dtype = x_ptr.dtype.element_ty
+    gate_base, gate_else_base = i0 * gate_s0 + i1 * gate_s1, i0 * gate_e0 + i1 * gate_e1
+    scale_base, scale_else_base = i0 * scale_s0 + i1 * scale_s1, i0 * scale_e0 + i1 * scale_e1
+    shift_base, shift_else_base = i0 * shift_s0 + i1 * shift_s1, i0 * shift_e0 + i1 * shift_e1
+    # Placeholders where nothing is hoisted (HOISTED and the HAS_* flags are compile-time).
+    gate_row = 0.0
+    gate_else_row = 0.0
+    scale_row = 0.0
+    scale_else_row = 0.0
+    shift_row = 0.0
+    shift_else_row = 0.0
+    if HOISTED:
+        scale_row = _modulation_row(scale_ptr, scale_base, scale_sc, cols, col_mask)
+        scale_else_row = _modulation_row(scale_else_ptr, scale_else_base, scale_ec, cols, col_mask)
+        if HAS_SHIFT:
+            shift_row = _modulation_row(shift_ptr, shift_base, shift_sc, cols, col_mask)
+            shift_else_row = _modulation_row(shift_else_ptr, shift_else_base, shift_ec, cols, col_mask)
+        if HAS_GATE:
+            gate_row = _modulation_row(gate_ptr, gate_base, gate_sc, cols, col_mask)
+            gate_else_row = _modulation_row(gate_else_ptr, gate_else_base, gate_ec, cols, col_mask)
 
-    n_blocks = tl.cdiv(rows_per_batch, BLOCK_ROWS)
+    n_blocks = tl.cdiv(dim2, BLOCK_ROWS)
     for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0), num_stages=NUM_STAGES):
-        rows = block * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS).to(tl.int64)
-        row_mask = rows < rows_per_batch
+        i2 = block * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS).to(tl.int64)
+        row_mask = i2 < dim2
         mask = row_mask[:, None] & col_mask[None, :]
-        i1 = rows // dim2
-        i2 = rows % dim2
         chosen = row_mask
         if HAS_SELECT:
             chosen = tl.load(select_ptr + i0 * select_s0 + i1 * select_s1 + i2 * select_s2, mask=row_mask, other=0) != 0
 
         x_offsets = (i0 * x_s0 + i1 * x_s1 + i2 * x_s2)[:, None] + cols[None, :] * x_sc
         value = tl.load(x_ptr + x_offsets, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
-        out_offsets = (i0 * rows_per_batch + rows)[:, None] * hidden + cols[None, :]
+        out_offsets = (slice_id * dim2 + i2)[:, None] * hidden + cols[None, :]
         if HAS_RESIDUAL:
             res_offsets = (i0 * res_s0 + i1 * res_s1 + i2 * res_s2)[:, None] + cols[None, :] * res_sc
             residual = tl.load(residual_ptr + res_offsets, mask=mask, other=0.0, eviction_policy="evict_first")
             if HAS_GATE:
-                value = value * _load_modulation(
-                    gate_ptr, gate_else_ptr, gate_s0, gate_s1, gate_s2, gate_sc, gate_e0, gate_e1, gate_e2, gate_ec,
-                    i0, i1, i2, cols, mask, chosen, HAS_SELECT,
+                value = value * _modulation(
+                    gate_ptr, gate_else_ptr, gate_base, gate_else_base, gate_s2, gate_e2, gate_sc, gate_ec,
+                    gate_row, gate_else_row, i2, cols, mask, chosen, HAS_SELECT, HOISTED,
                 )
             # The graph stores r, then normalizes the stored (rounded) value.
             stored = (residual.to(tl.float32) + value).to(norm_dtype)
@@ -254,17 +289,17 @@ def _norm_modulate_kernel(
             value = value + bias
         if ROUND_AFTER_AFFINE:
             value = value.to(norm_dtype).to(tl.float32)
-        scale = _load_modulation(
-            scale_ptr, scale_else_ptr, scale_s0, scale_s1, scale_s2, scale_sc, scale_e0, scale_e1, scale_e2, scale_ec,
-            i0, i1, i2, cols, mask, chosen, HAS_SELECT,
+        scale = _modulation(
+            scale_ptr, scale_else_ptr, scale_base, scale_else_base, scale_s2, scale_e2, scale_sc, scale_ec,
+            scale_row, scale_else_row, i2, cols, mask, chosen, HAS_SELECT, HOISTED,
         )
         if SCALE_PLUS_ONE:
             scale = scale + 1.0
         value = value * scale
         if HAS_SHIFT:
-            value = value + _load_modulation(
-                shift_ptr, shift_else_ptr, shift_s0, shift_s1, shift_s2, shift_sc, shift_e0, shift_e1, shift_e2, shift_ec,
-                i0, i1, i2, cols, mask, chosen, HAS_SELECT,
+            value = value + _modulation(
+                shift_ptr, shift_else_ptr, shift_base, shift_else_base, shift_s2, shift_e2, shift_sc, shift_ec,
+                shift_row, shift_else_row, i2, cols, mask, chosen, HAS_SELECT, HOISTED,
             )
         tl.store(out_ptr + out_offsets, value.to(out_ptr.dtype.element_ty), mask=mask, eviction_policy="evict_first")
 
@@ -311,14 +346,18 @@ def _pair_args(tensors: tuple[torch.Tensor, ...], shape: torch.Size) -> tuple[ob
     return (first, second), broadcast_strides(first, shape) + broadcast_strides(second, shape)
 
 
-def _launch(call: NormModulate, config: LaunchConfig | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _launch(
+    call: NormModulate, config: LaunchConfig | None = None, out: tuple[torch.Tensor, torch.Tensor | None] | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     # Unchecked: the ops' CUDA path checks once and comes here, keeping host overhead low.
     x = call.x
     hidden = x.shape[-1]
-    out = torch.empty(x.shape, dtype=call.out_dtype, device=x.device)
-    residual_out = None
-    if call.residual is not None:
-        residual_out = torch.empty(x.shape, dtype=call.residual_dtype, device=x.device)
+    if out is None:
+        residual_out = None
+        if call.residual is not None:
+            residual_out = torch.empty(x.shape, dtype=call.residual_dtype, device=x.device)
+        out = (torch.empty(x.shape, dtype=call.out_dtype, device=x.device), residual_out)
+    out, residual_out = out
     n_rows = out.numel() // hidden
     if n_rows == 0:
         return out, residual_out
@@ -329,11 +368,14 @@ def _launch(call: NormModulate, config: LaunchConfig | None = None) -> tuple[tor
     residual_strides = broadcast_strides(call.residual, x.shape) if call.residual is not None else _NO_STRIDES
     select_strides = broadcast_strides(call.select, x.shape)[:3] if call.select is not None else (0, 0, 0)
     config = config or launch_config(hidden)
-    n_programs = triton.cdiv(n_rows // leading[0], config.block_rows)
+    slices = leading[0] * leading[1]
+    n_programs = triton.cdiv(leading[2], config.block_rows)
     if config.programs_per_sm:
-        per_batch = triton.cdiv(config.programs_per_sm * _multiprocessors(x.device), leading[0])
-        n_programs = min(n_programs, per_batch)
-    _norm_modulate_kernel[(n_programs, leading[0])](
+        n_programs = min(n_programs, triton.cdiv(config.programs_per_sm * _multiprocessors(x.device), slices))
+    # Modulation constant over the last leading dim is loaded once per program.
+    hoisted = all(strides[2] == 0 for strides in (gate_strides[:4], gate_strides[4:], scale_strides[:4],
+                                                  scale_strides[4:], shift_strides[:4], shift_strides[4:]))
+    _norm_modulate_kernel[(n_programs, slices)](
         x, call.residual, gate, gate_else, call.weight, call.bias,
         scale, scale_else, shift, shift_else, call.select,
         out, residual_out,
@@ -343,18 +385,29 @@ def _launch(call: NormModulate, config: LaunchConfig | None = None) -> tuple[tor
         HAS_WEIGHT=call.weight is not None, HAS_BIAS=call.bias is not None,
         ROUND_BEFORE_WEIGHT=call.rounding == "before_weight", ROUND_AFTER_AFFINE=call.rounding == "after_affine",
         SCALE_PLUS_ONE=call.scale_plus_one, HAS_SHIFT=bool(call.shift), HAS_SELECT=call.select is not None,
-        BLOCK_ROWS=config.block_rows, BLOCK_HIDDEN=triton.next_power_of_2(hidden),
+        HOISTED=hoisted, BLOCK_ROWS=config.block_rows, BLOCK_HIDDEN=triton.next_power_of_2(hidden),
         NUM_STAGES=config.num_stages, num_warps=config.num_warps,
     )
     return out, residual_out
 
 
-def norm_modulate_triton(call: NormModulate, config: LaunchConfig | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Run the one-pass kernel on ``call`` after checking it; returns ``(y, r)`` (r None for F1)."""
+def norm_modulate_triton(
+    call: NormModulate, config: LaunchConfig | None = None, out: tuple[torch.Tensor, torch.Tensor | None] | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run the one-pass kernel on ``call`` after checking it; returns ``(y, r)`` (r None for F1).
+
+    ``out``, if given, is ``(y, r)`` to write into: contiguous, x's shape, the call's dtypes.
+    """
     reason = _argument_error(call) or unsupported_reason(call)
     if reason is not None:
         raise ValueError(f"norm_modulate_triton: {reason}")
-    return _launch(call, config)
+    if out is not None:
+        expected = ((call.out_dtype, "out[0]"),) + (((call.residual_dtype, "out[1]"),) if call.residual is not None else ())
+        for (dtype, name), tensor in zip(expected, out, strict=False):
+            if tensor is None or tensor.shape != call.x.shape or tensor.dtype != dtype or not tensor.is_contiguous():
+                got = "None" if tensor is None else f"{tensor.dtype} {tuple(tensor.shape)} with strides {tensor.stride()}"
+                raise ValueError(f"{name}: expected a contiguous {dtype} tensor of shape {tuple(call.x.shape)}, got {got}")
+    return _launch(call, config, out)
 
 
 def _run(call: NormModulate) -> tuple[torch.Tensor, torch.Tensor | None]:

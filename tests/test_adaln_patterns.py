@@ -1,4 +1,6 @@
-"""F1 patterns: graph before/after per form, numerics of the rewritten graph, and near misses."""
+"""AdaLN patterns (F1, F2, F3): graph before/after per form, numerics of the rewritten graph, near misses."""
+
+import types
 
 import pytest
 import torch
@@ -13,6 +15,24 @@ from fusion_passes.kernels.adaln import MAX_HIDDEN
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
 
 
+def relative_error(out, ref):
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def outputs(value):
+    return value if isinstance(value, tuple) else (value,)
+
+
+def assert_matches_fp64(result, fn, args, dtype):
+    """The rewritten graph's outputs against ``fn`` run in fp64 on the same inputs."""
+    reference = fn(*(a.double() if a.is_floating_point() else a for a in args))
+    for out, ref in zip(outputs(result.output), outputs(reference), strict=True):
+        assert relative_error(out, ref) < TOLERANCE[dtype]
+
+
+# --- F1 spellings --------------------------------------------------------------------------------
+
+
 def flux_style(x, emb):
     """No-affine LN, [B, C] chunks of one linear output indexed [:, None] (FLUX AdaLayerNormZero)."""
     shift, scale, _gate = emb.chunk(3, dim=1)
@@ -24,24 +44,115 @@ def affine_3d_modulation(x, weight, bias, scale, shift):
     return F.layer_norm(x, x.shape[-1:], weight, bias) * (1 + scale) + shift
 
 
-def weight_only_vector_modulation(x, weight, scale, shift):
-    """LN with weight only (nn.LayerNorm(bias=False)), [C] modulation, eps 1e-6."""
-    return F.layer_norm(x, x.shape[-1:], weight, None, 1e-6) * (1 + scale) + shift
+def rms_norm_scale_only(x, weight, scale):
+    """F.rms_norm with weight, scale only (no shift)."""
+    return F.rms_norm(x, x.shape[-1:], weight, 1e-6) * (1 + scale)
 
 
-def relative_error(out, ref):
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+def hand_written_rms_norm_shift_first(x, weight, scale, shift):
+    """diffusers' RMSNorm (fp32 statistics, rounded before its weight), operands in the other order."""
+    variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
+    normed = (x * torch.rsqrt(variance + 1e-6)).to(weight.dtype) * weight
+    return shift + (1 + scale) * normed
+
+
+def fp32_upcast_form(x, scale, shift):
+    """Wan: normalize x.float(), fp32 modulation, cast back with type_as."""
+    return (F.layer_norm(x.float(), x.shape[-1:], eps=1e-6) * (1 + scale) + shift).type_as(x)
+
+
+def one_plus_scale_elsewhere(x, emb):
+    """FLUX's AdaLayerNormContinuous: (1 + scale) computed on [B, C], then unsqueezed."""
+    scale, shift = emb.chunk(2, dim=1)
+    return F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale)[:, None, :] + shift[:, None, :]
+
+
+def per_token_modulation(x, table, temb):
+    """Wan with a [B, L] timestep: [B, L, 6, C] modulation split and squeezed to [B, L, C]."""
+    shift, scale, *_ = (table + temb.float()).chunk(6, dim=2)
+    return (F.layer_norm(x.float(), x.shape[-1:], eps=1e-6) * (1 + scale.squeeze(2)) + shift.squeeze(2)).type_as(x)
+
+
+def per_frame_modulation(x, scale, shift):
+    """x [B, L, C] viewed [B, F, L/F, C] with [B, F, 1, C] modulation per frame."""
+    batch, frames = scale.shape[:2]
+    x = x.view(batch, frames, -1, x.shape[-1])
+    return F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale) + shift
+
+
+# --- F2 spellings --------------------------------------------------------------------------------
+
+
+def gated_residual(residual, x, emb):
+    """FLUX/Qwen: r = residual + gate * x (all half), then the next modulated norm; r used later."""
+    shift, scale, gate = emb.chunk(3, dim=1)
+    r = residual + gate[:, None] * x
+    return r, F.layer_norm(r, r.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
+
+
+def gated_residual_x_times_gate(residual, x, gate, scale, shift):
+    """HunyuanVideo: residual + x * gate on a transposed (non-contiguous) residual."""
+    r = residual.transpose(1, 2) + x * gate
+    return r, F.layer_norm(r, r.shape[-1:], eps=1e-6) * (1 + scale) + shift
+
+
+def gated_residual_fp32_form(residual, x, gate, scale, shift):
+    """Wan: (residual.float() + x * gate).type_as(residual), then the fp32-upcast norm."""
+    r = (residual.float() + x * gate).type_as(residual)
+    return r, (F.layer_norm(r.float(), r.shape[-1:], eps=1e-6) * (1 + scale) + shift).type_as(r)
+
+
+def plain_residual(residual, x, scale, shift):
+    """Wan's norm3: residual + x (no gate)."""
+    r = residual + x
+    return r, F.layer_norm(r, r.shape[-1:], eps=1e-6) * (1 + scale) + shift
+
+
+# --- F3 spellings --------------------------------------------------------------------------------
+
+
+def select01(x, index, emb0, emb1):
+    """Qwen-Image edit: per-token choice between two modulation sets by index == 0."""
+    shift0, scale0, _ = emb0.chunk(3, dim=1)
+    shift1, scale1, _ = emb1.chunk(3, dim=1)
+    chosen = index[..., None] == 0
+    scale = torch.where(chosen, scale0[:, None], scale1[:, None])
+    shift = torch.where(chosen, shift0[:, None], shift1[:, None])
+    return F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale) + shift
+
+
+def select01_residual(residual, x, index, emb0, emb1):
+    """F2 with every operand chosen per token, ``index.bool()`` spelling (1 picks the second set)."""
+    shift0, scale0, gate0 = emb0.chunk(3, dim=1)
+    shift1, scale1, gate1 = emb1.chunk(3, dim=1)
+    reference_token = index.bool()[..., None]
+    gate = torch.where(reference_token, gate1[:, None], gate0[:, None])
+    r = residual + gate * x
+    scale = torch.where(reference_token, scale1[:, None], scale0[:, None])
+    shift = torch.where(reference_token, shift1[:, None], shift0[:, None])
+    return r, F.layer_norm(r, r.shape[-1:], eps=1e-6) * (1 + scale) + shift
+
+
+def randn(*shape, dtype=torch.float32):
+    return torch.randn(shape, dtype=dtype)
 
 
 class GraphDiffTest(TestCase):
     """Each form's post-grad graph before and after the pass, pinned."""
 
-    def test_flux_style_fp32(self):
-        x, emb = torch.randn(2, 8, 16), torch.randn(2, 48)
-        result = capture(flux_style, x, emb)
-        self.assertExpectedInline(
-            result.before,
-            """\
+    def check(self, fn, args, dtype, counts):
+        """Capture ``fn``'s graphs; assert the fusions and the numerics (the tests pin the text)."""
+        result = capture(fn, *args)
+        found = {}
+        for record in result.report.fused:
+            found[record.fusion] = found.get(record.fusion, 0) + 1
+        self.assertEqual(found, counts)
+        assert_matches_fp64(result, fn, args, dtype)
+        return result
+
+    def test_f1_flux_style_fp32(self):
+        result = self.check(flux_style, [randn(2, 8, 16), randn(2, 48)], torch.float32, {"adaln": 1})
+        self.assertExpectedInline(result.before, """\
 class <lambda>(torch.nn.Module):
     def forward(self, arg0_1: "f32[2, 48]", arg1_1: "f32[2, 8, 16]"):
         split = torch.ops.aten.split.Tensor(arg0_1, 16, 1)
@@ -60,11 +171,8 @@ class <lambda>(torch.nn.Module):
         unsqueeze_1: "f32[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem, 1)
         add_2: "f32[2, 8, 16]" = torch.ops.aten.add.Tensor(mul_1, unsqueeze_1)
         return (add_2,)
-""",
-        )
-        self.assertExpectedInline(
-            result.after,
-            """\
+""")
+        self.assertExpectedInline(result.after, """\
 class <lambda>(torch.nn.Module):
     def forward(self, arg0_1: "f32[2, 48]", arg1_1: "f32[2, 8, 16]"):
         split = torch.ops.aten.split.Tensor(arg0_1, 16, 1)
@@ -72,77 +180,13 @@ class <lambda>(torch.nn.Module):
         getitem_1: "f32[2, 16]" = split[1]
         unsqueeze: "f32[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_1, 1)
         unsqueeze_1: "f32[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem, 1)
-        layer_norm_modulate_default: "f32[2, 8, 16]" = torch.ops.fusion_passes.layer_norm_modulate.default(arg1_1, None, None, unsqueeze, unsqueeze_1, 1e-06)
-        return (layer_norm_modulate_default,)
-""",
-        )
-        self.assertEqual(result.report.counts(), {"adaln": 1})
-        self.assertLess(relative_error(result.output, flux_style(x.double(), emb.double())), TOLERANCE[torch.float32])
+        norm_modulate_default: "f32[2, 8, 16]" = torch.ops.fusion_passes.norm_modulate.default(arg1_1, None, None, [unsqueeze], [unsqueeze_1], None, 1e-06, 'layer', True, 'none', torch.float32)
+        return (norm_modulate_default,)
+""")
 
-    def test_affine_3d_modulation_fp32(self):
-        args = [torch.randn(2, 8, 16), torch.randn(16), torch.randn(16), torch.randn(2, 1, 16), torch.randn(2, 1, 16)]
-        result = capture(affine_3d_modulation, *args)
-        self.assertExpectedInline(result.before, """\
-class <lambda>(torch.nn.Module):
-    def forward(self, arg0_1: "f32[2, 8, 16]", arg1_1: "f32[16]", arg2_1: "f32[16]", arg3_1: "f32[2, 1, 16]", arg4_1: "f32[2, 1, 16]"):
-        var_mean = torch.ops.aten.var_mean.correction(arg0_1, [2], correction = 0, keepdim = True)
-        getitem: "f32[2, 8, 1]" = var_mean[0]
-        getitem_1: "f32[2, 8, 1]" = var_mean[1]
-        sub: "f32[2, 8, 16]" = torch.ops.aten.sub.Tensor(arg0_1, getitem_1)
-        add: "f32[2, 8, 1]" = torch.ops.aten.add.Tensor(getitem, 1e-05)
-        rsqrt: "f32[2, 8, 1]" = torch.ops.aten.rsqrt.default(add)
-        mul: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(sub, rsqrt)
-        mul_1: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(mul, arg1_1)
-        add_1: "f32[2, 8, 16]" = torch.ops.aten.add.Tensor(mul_1, arg2_1)
-        add_2: "f32[2, 1, 16]" = torch.ops.aten.add.Tensor(arg3_1, 1)
-        mul_2: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(add_1, add_2)
-        add_3: "f32[2, 8, 16]" = torch.ops.aten.add.Tensor(mul_2, arg4_1)
-        return (add_3,)
-""")
-        self.assertExpectedInline(result.after, """\
-class <lambda>(torch.nn.Module):
-    def forward(self, arg0_1: "f32[2, 8, 16]", arg1_1: "f32[16]", arg2_1: "f32[16]", arg3_1: "f32[2, 1, 16]", arg4_1: "f32[2, 1, 16]"):
-        layer_norm_modulate_default: "f32[2, 8, 16]" = torch.ops.fusion_passes.layer_norm_modulate.default(arg0_1, arg1_1, arg2_1, arg3_1, arg4_1, 1e-05)
-        return (layer_norm_modulate_default,)
-""")
-        self.assertEqual(result.report.counts(), {"adaln": 1})
-        ref = affine_3d_modulation(*(a.double() for a in args))
-        self.assertLess(relative_error(result.output, ref), TOLERANCE[torch.float32])
-
-    def test_weight_only_vector_modulation_bf16(self):
-        args = [torch.randn(2, 8, 16), torch.randn(16), torch.randn(16), torch.randn(16)]
-        result = capture(weight_only_vector_modulation, *(a.bfloat16() for a in args))
-        self.assertExpectedInline(result.before, """\
-class <lambda>(torch.nn.Module):
-    def forward(self, arg0_1: "bf16[2, 8, 16]", arg1_1: "bf16[16]", arg2_1: "bf16[16]", arg3_1: "bf16[16]"):
-        convert_element_type: "f32[2, 8, 16]" = torch.ops.prims.convert_element_type.default(arg0_1, torch.float32)
-        var_mean = torch.ops.aten.var_mean.correction(convert_element_type, [2], correction = 0, keepdim = True)
-        getitem: "f32[2, 8, 1]" = var_mean[0]
-        getitem_1: "f32[2, 8, 1]" = var_mean[1]
-        sub: "f32[2, 8, 16]" = torch.ops.aten.sub.Tensor(convert_element_type, getitem_1)
-        add: "f32[2, 8, 1]" = torch.ops.aten.add.Tensor(getitem, 1e-06)
-        rsqrt: "f32[2, 8, 1]" = torch.ops.aten.rsqrt.default(add)
-        mul: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(sub, rsqrt)
-        mul_1: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(mul, arg1_1)
-        convert_element_type_1: "bf16[2, 8, 16]" = torch.ops.prims.convert_element_type.default(mul_1, torch.bfloat16)
-        add_1: "bf16[16]" = torch.ops.aten.add.Tensor(arg2_1, 1)
-        mul_2: "bf16[2, 8, 16]" = torch.ops.aten.mul.Tensor(convert_element_type_1, add_1)
-        add_2: "bf16[2, 8, 16]" = torch.ops.aten.add.Tensor(mul_2, arg3_1)
-        return (add_2,)
-""")
-        self.assertExpectedInline(result.after, """\
-class <lambda>(torch.nn.Module):
-    def forward(self, arg0_1: "bf16[2, 8, 16]", arg1_1: "bf16[16]", arg2_1: "bf16[16]", arg3_1: "bf16[16]"):
-        layer_norm_modulate_default: "bf16[2, 8, 16]" = torch.ops.fusion_passes.layer_norm_modulate.default(arg0_1, arg1_1, None, arg2_1, arg3_1, 1e-06)
-        return (layer_norm_modulate_default,)
-""")
-        self.assertEqual(result.report.counts(), {"adaln": 1})
-        ref = weight_only_vector_modulation(*(a.bfloat16().double() for a in args))
-        self.assertLess(relative_error(result.output, ref), TOLERANCE[torch.bfloat16])
-
-    def test_flux_style_bf16(self):
-        x, emb = torch.randn(2, 8, 16, dtype=torch.bfloat16), torch.randn(2, 48, dtype=torch.bfloat16)
-        result = capture(flux_style, x, emb)
+    def test_f1_flux_style_bf16(self):
+        args = [randn(2, 8, 16, dtype=torch.bfloat16), randn(2, 48, dtype=torch.bfloat16)]
+        result = self.check(flux_style, args, torch.bfloat16, {"adaln": 1})
         self.assertExpectedInline(result.before, """\
 class <lambda>(torch.nn.Module):
     def forward(self, arg0_1: "bf16[2, 48]", arg1_1: "bf16[2, 8, 16]"):
@@ -173,32 +217,553 @@ class <lambda>(torch.nn.Module):
         getitem_1: "bf16[2, 16]" = split[1]
         unsqueeze: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_1, 1)
         unsqueeze_1: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem, 1)
-        layer_norm_modulate_default: "bf16[2, 8, 16]" = torch.ops.fusion_passes.layer_norm_modulate.default(arg1_1, None, None, unsqueeze, unsqueeze_1, 1e-06)
-        return (layer_norm_modulate_default,)
+        norm_modulate_default: "bf16[2, 8, 16]" = torch.ops.fusion_passes.norm_modulate.default(arg1_1, None, None, [unsqueeze], [unsqueeze_1], None, 1e-06, 'layer', True, 'after_affine', torch.bfloat16)
+        return (norm_modulate_default,)
 """)
-        self.assertEqual(result.report.counts(), {"adaln": 1})
+
+    def test_f1_layer_norm_weight_bias_fp32(self):
+        args = [randn(2, 8, 16), randn(16), randn(16), randn(2, 1, 16), randn(2, 1, 16)]
+        result = self.check(affine_3d_modulation, args, torch.float32, {"adaln": 1})
+        self.assertExpectedInline(result.before, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "f32[2, 8, 16]", arg1_1: "f32[16]", arg2_1: "f32[16]", arg3_1: "f32[2, 1, 16]", arg4_1: "f32[2, 1, 16]"):
+        var_mean = torch.ops.aten.var_mean.correction(arg0_1, [2], correction = 0, keepdim = True)
+        getitem: "f32[2, 8, 1]" = var_mean[0]
+        getitem_1: "f32[2, 8, 1]" = var_mean[1]
+        sub: "f32[2, 8, 16]" = torch.ops.aten.sub.Tensor(arg0_1, getitem_1)
+        add: "f32[2, 8, 1]" = torch.ops.aten.add.Tensor(getitem, 1e-05)
+        rsqrt: "f32[2, 8, 1]" = torch.ops.aten.rsqrt.default(add)
+        mul: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(sub, rsqrt)
+        mul_1: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(mul, arg1_1)
+        add_1: "f32[2, 8, 16]" = torch.ops.aten.add.Tensor(mul_1, arg2_1)
+        add_2: "f32[2, 1, 16]" = torch.ops.aten.add.Tensor(arg3_1, 1)
+        mul_2: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(add_1, add_2)
+        add_3: "f32[2, 8, 16]" = torch.ops.aten.add.Tensor(mul_2, arg4_1)
+        return (add_3,)
+""")
+        self.assertExpectedInline(result.after, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "f32[2, 8, 16]", arg1_1: "f32[16]", arg2_1: "f32[16]", arg3_1: "f32[2, 1, 16]", arg4_1: "f32[2, 1, 16]"):
+        norm_modulate_default: "f32[2, 8, 16]" = torch.ops.fusion_passes.norm_modulate.default(arg0_1, arg1_1, arg2_1, [arg3_1], [arg4_1], None, 1e-05, 'layer', True, 'none', torch.float32)
+        return (norm_modulate_default,)
+""")
+
+    def test_f1_rms_norm_scale_only_bf16(self):
+        args = [randn(2, 8, 16, dtype=torch.bfloat16), randn(16, dtype=torch.bfloat16), randn(2, 1, 16, dtype=torch.bfloat16)]
+        result = self.check(rms_norm_scale_only, args, torch.bfloat16, {"adaln": 1})
+        self.assertExpectedInline(result.before, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "bf16[2, 8, 16]", arg1_1: "bf16[16]", arg2_1: "bf16[2, 1, 16]"):
+        convert_element_type: "f32[2, 8, 16]" = torch.ops.prims.convert_element_type.default(arg0_1, torch.float32)
+        pow_1: "f32[2, 8, 16]" = torch.ops.aten.pow.Tensor_Scalar(convert_element_type, 2)
+        mean: "f32[2, 8, 1]" = torch.ops.aten.mean.dim(pow_1, [2], True)
+        add: "f32[2, 8, 1]" = torch.ops.aten.add.Scalar(mean, 9.999999974752427e-07)
+        rsqrt: "f32[2, 8, 1]" = torch.ops.aten.rsqrt.default(add)
+        mul: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(convert_element_type, rsqrt)
+        mul_1: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(mul, arg1_1)
+        convert_element_type_1: "bf16[2, 8, 16]" = torch.ops.prims.convert_element_type.default(mul_1, torch.bfloat16)
+        add_1: "bf16[2, 1, 16]" = torch.ops.aten.add.Tensor(arg2_1, 1)
+        mul_2: "bf16[2, 8, 16]" = torch.ops.aten.mul.Tensor(convert_element_type_1, add_1)
+        return (mul_2,)
+""")
+        self.assertExpectedInline(result.after, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "bf16[2, 8, 16]", arg1_1: "bf16[16]", arg2_1: "bf16[2, 1, 16]"):
+        norm_modulate_default: "bf16[2, 8, 16]" = torch.ops.fusion_passes.norm_modulate.default(arg0_1, arg1_1, None, [arg2_1], [], None, 9.999999974752427e-07, 'rms', True, 'after_affine', torch.bfloat16)
+        return (norm_modulate_default,)
+""")
+
+    def test_f1_hand_written_rms_norm_bf16(self):
+        args = [randn(2, 8, 16, dtype=torch.bfloat16), randn(16, dtype=torch.bfloat16)]
+        args += [randn(2, 1, 16, dtype=torch.bfloat16), randn(2, 1, 16, dtype=torch.bfloat16)]
+        result = self.check(hand_written_rms_norm_shift_first, args, torch.bfloat16, {"adaln": 1})
+        self.assertExpectedInline(result.before, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "bf16[2, 8, 16]", arg1_1: "bf16[16]", arg2_1: "bf16[2, 1, 16]", arg3_1: "bf16[2, 1, 16]"):
+        add_1: "bf16[2, 1, 16]" = torch.ops.aten.add.Tensor(arg2_1, 1)
+        convert_element_type: "f32[2, 8, 16]" = torch.ops.prims.convert_element_type.default(arg0_1, torch.float32)
+        pow_1: "f32[2, 8, 16]" = torch.ops.aten.pow.Tensor_Scalar(convert_element_type, 2)
+        mean: "f32[2, 8, 1]" = torch.ops.aten.mean.dim(pow_1, [-1], True)
+        add: "f32[2, 8, 1]" = torch.ops.aten.add.Tensor(mean, 1e-06)
+        rsqrt: "f32[2, 8, 1]" = torch.ops.aten.rsqrt.default(add)
+        mul: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(arg0_1, rsqrt)
+        convert_element_type_1: "bf16[2, 8, 16]" = torch.ops.prims.convert_element_type.default(mul, torch.bfloat16)
+        mul_1: "bf16[2, 8, 16]" = torch.ops.aten.mul.Tensor(convert_element_type_1, arg1_1)
+        mul_2: "bf16[2, 8, 16]" = torch.ops.aten.mul.Tensor(add_1, mul_1)
+        add_2: "bf16[2, 8, 16]" = torch.ops.aten.add.Tensor(arg3_1, mul_2)
+        return (add_2,)
+""")
+        self.assertExpectedInline(result.after, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "bf16[2, 8, 16]", arg1_1: "bf16[16]", arg2_1: "bf16[2, 1, 16]", arg3_1: "bf16[2, 1, 16]"):
+        norm_modulate_default: "bf16[2, 8, 16]" = torch.ops.fusion_passes.norm_modulate.default(arg0_1, arg1_1, None, [arg2_1], [arg3_1], None, 1e-06, 'rms', True, 'before_weight', torch.bfloat16)
+        return (norm_modulate_default,)
+""")
+
+    def test_f1_fp32_upcast_form_bf16(self):
+        args = [randn(2, 8, 16, dtype=torch.bfloat16), randn(2, 1, 16), randn(2, 1, 16)]
+        result = self.check(fp32_upcast_form, args, torch.bfloat16, {"adaln": 1})
+        self.assertExpectedInline(result.before, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "bf16[2, 8, 16]", arg1_1: "f32[2, 1, 16]", arg2_1: "f32[2, 1, 16]"):
+        convert_element_type: "f32[2, 8, 16]" = torch.ops.prims.convert_element_type.default(arg0_1, torch.float32)
+        var_mean = torch.ops.aten.var_mean.correction(convert_element_type, [2], correction = 0, keepdim = True)
+        getitem: "f32[2, 8, 1]" = var_mean[0]
+        getitem_1: "f32[2, 8, 1]" = var_mean[1]
+        sub: "f32[2, 8, 16]" = torch.ops.aten.sub.Tensor(convert_element_type, getitem_1)
+        add: "f32[2, 8, 1]" = torch.ops.aten.add.Tensor(getitem, 1e-06)
+        rsqrt: "f32[2, 8, 1]" = torch.ops.aten.rsqrt.default(add)
+        mul: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(sub, rsqrt)
+        add_1: "f32[2, 1, 16]" = torch.ops.aten.add.Tensor(arg1_1, 1)
+        mul_1: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(mul, add_1)
+        add_2: "f32[2, 8, 16]" = torch.ops.aten.add.Tensor(mul_1, arg2_1)
+        convert_element_type_1: "bf16[2, 8, 16]" = torch.ops.prims.convert_element_type.default(add_2, torch.bfloat16)
+        return (convert_element_type_1,)
+""")
+        self.assertExpectedInline(result.after, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "bf16[2, 8, 16]", arg1_1: "f32[2, 1, 16]", arg2_1: "f32[2, 1, 16]"):
+        norm_modulate_default: "bf16[2, 8, 16]" = torch.ops.fusion_passes.norm_modulate.default(arg0_1, None, None, [arg1_1], [arg2_1], None, 1e-06, 'layer', True, 'none', torch.bfloat16)
+        return (norm_modulate_default,)
+""")
+
+    def test_f1_one_plus_scale_elsewhere_fp32(self):
+        result = self.check(one_plus_scale_elsewhere, [randn(2, 8, 16), randn(2, 32)], torch.float32, {"adaln": 1})
+        self.assertExpectedInline(result.before, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "f32[2, 32]", arg1_1: "f32[2, 8, 16]"):
+        split = torch.ops.aten.split.Tensor(arg0_1, 16, 1)
+        getitem: "f32[2, 16]" = split[0]
+        getitem_1: "f32[2, 16]" = split[1]
+        var_mean = torch.ops.aten.var_mean.correction(arg1_1, [2], correction = 0, keepdim = True)
+        getitem_2: "f32[2, 8, 1]" = var_mean[0]
+        getitem_3: "f32[2, 8, 1]" = var_mean[1]
+        sub: "f32[2, 8, 16]" = torch.ops.aten.sub.Tensor(arg1_1, getitem_3)
+        add: "f32[2, 8, 1]" = torch.ops.aten.add.Tensor(getitem_2, 1e-06)
+        rsqrt: "f32[2, 8, 1]" = torch.ops.aten.rsqrt.default(add)
+        mul: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(sub, rsqrt)
+        add_1: "f32[2, 16]" = torch.ops.aten.add.Tensor(getitem, 1)
+        unsqueeze: "f32[2, 1, 16]" = torch.ops.aten.unsqueeze.default(add_1, 1)
+        mul_1: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(mul, unsqueeze)
+        unsqueeze_1: "f32[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_1, 1)
+        add_2: "f32[2, 8, 16]" = torch.ops.aten.add.Tensor(mul_1, unsqueeze_1)
+        return (add_2,)
+""")
+        self.assertExpectedInline(result.after, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "f32[2, 32]", arg1_1: "f32[2, 8, 16]"):
+        split = torch.ops.aten.split.Tensor(arg0_1, 16, 1)
+        getitem: "f32[2, 16]" = split[0]
+        getitem_1: "f32[2, 16]" = split[1]
+        unsqueeze_1: "f32[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_1, 1)
+        unsqueeze_default: "f32[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem, 1)
+        norm_modulate_default: "f32[2, 8, 16]" = torch.ops.fusion_passes.norm_modulate.default(arg1_1, None, None, [unsqueeze_default], [unsqueeze_1], None, 1e-06, 'layer', True, 'none', torch.float32)
+        return (norm_modulate_default,)
+""")
+
+    def test_f1_per_token_modulation_bf16(self):
+        args = [randn(2, 8, 16, dtype=torch.bfloat16), randn(1, 1, 6, 16), randn(2, 8, 6, 16, dtype=torch.bfloat16)]
+        result = self.check(per_token_modulation, args, torch.bfloat16, {"adaln": 1})
+        self.assertExpectedInline(result.before, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "bf16[2, 8, 6, 16]", arg1_1: "f32[1, 1, 6, 16]", arg2_1: "bf16[2, 8, 16]"):
+        convert_element_type: "f32[2, 8, 6, 16]" = torch.ops.prims.convert_element_type.default(arg0_1, torch.float32)
+        add: "f32[2, 8, 6, 16]" = torch.ops.aten.add.Tensor(arg1_1, convert_element_type)
+        split = torch.ops.aten.split.Tensor(add, 1, 2)
+        getitem: "f32[2, 8, 1, 16]" = split[0]
+        getitem_1: "f32[2, 8, 1, 16]" = split[1]
+        convert_element_type_1: "f32[2, 8, 16]" = torch.ops.prims.convert_element_type.default(arg2_1, torch.float32)
+        var_mean = torch.ops.aten.var_mean.correction(convert_element_type_1, [2], correction = 0, keepdim = True)
+        getitem_6: "f32[2, 8, 1]" = var_mean[0]
+        getitem_7: "f32[2, 8, 1]" = var_mean[1]
+        sub: "f32[2, 8, 16]" = torch.ops.aten.sub.Tensor(convert_element_type_1, getitem_7)
+        add_1: "f32[2, 8, 1]" = torch.ops.aten.add.Tensor(getitem_6, 1e-06)
+        rsqrt: "f32[2, 8, 1]" = torch.ops.aten.rsqrt.default(add_1)
+        mul: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(sub, rsqrt)
+        squeeze: "f32[2, 8, 16]" = torch.ops.aten.squeeze.dim(getitem_1, 2)
+        add_2: "f32[2, 8, 16]" = torch.ops.aten.add.Tensor(squeeze, 1)
+        mul_1: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(mul, add_2)
+        squeeze_1: "f32[2, 8, 16]" = torch.ops.aten.squeeze.dim(getitem, 2)
+        add_3: "f32[2, 8, 16]" = torch.ops.aten.add.Tensor(mul_1, squeeze_1)
+        convert_element_type_2: "bf16[2, 8, 16]" = torch.ops.prims.convert_element_type.default(add_3, torch.bfloat16)
+        return (convert_element_type_2,)
+""")
+        self.assertExpectedInline(result.after, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "bf16[2, 8, 6, 16]", arg1_1: "f32[1, 1, 6, 16]", arg2_1: "bf16[2, 8, 16]"):
+        convert_element_type: "f32[2, 8, 6, 16]" = torch.ops.prims.convert_element_type.default(arg0_1, torch.float32)
+        add: "f32[2, 8, 6, 16]" = torch.ops.aten.add.Tensor(arg1_1, convert_element_type)
+        split = torch.ops.aten.split.Tensor(add, 1, 2)
+        getitem: "f32[2, 8, 1, 16]" = split[0]
+        getitem_1: "f32[2, 8, 1, 16]" = split[1]
+        squeeze: "f32[2, 8, 16]" = torch.ops.aten.squeeze.dim(getitem_1, 2)
+        squeeze_1: "f32[2, 8, 16]" = torch.ops.aten.squeeze.dim(getitem, 2)
+        norm_modulate_default: "bf16[2, 8, 16]" = torch.ops.fusion_passes.norm_modulate.default(arg2_1, None, None, [squeeze], [squeeze_1], None, 1e-06, 'layer', True, 'none', torch.bfloat16)
+        return (norm_modulate_default,)
+""")
+
+    def test_f1_per_frame_modulation_fp32(self):
+        args = [randn(2, 12, 16), randn(2, 3, 1, 16), randn(2, 3, 1, 16)]
+        result = self.check(per_frame_modulation, args, torch.float32, {"adaln": 1})
+        self.assertExpectedInline(result.before, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "f32[2, 3, 1, 16]", arg1_1: "f32[2, 12, 16]", arg2_1: "f32[2, 3, 1, 16]"):
+        view: "f32[2, 3, 4, 16]" = torch.ops.aten.reshape.default(arg1_1, [2, 3, -1, 16])
+        var_mean = torch.ops.aten.var_mean.correction(view, [3], correction = 0, keepdim = True)
+        getitem: "f32[2, 3, 4, 1]" = var_mean[0]
+        getitem_1: "f32[2, 3, 4, 1]" = var_mean[1]
+        sub: "f32[2, 3, 4, 16]" = torch.ops.aten.sub.Tensor(view, getitem_1)
+        add: "f32[2, 3, 4, 1]" = torch.ops.aten.add.Tensor(getitem, 1e-06)
+        rsqrt: "f32[2, 3, 4, 1]" = torch.ops.aten.rsqrt.default(add)
+        mul: "f32[2, 3, 4, 16]" = torch.ops.aten.mul.Tensor(sub, rsqrt)
+        add_1: "f32[2, 3, 1, 16]" = torch.ops.aten.add.Tensor(arg0_1, 1)
+        mul_1: "f32[2, 3, 4, 16]" = torch.ops.aten.mul.Tensor(mul, add_1)
+        add_2: "f32[2, 3, 4, 16]" = torch.ops.aten.add.Tensor(mul_1, arg2_1)
+        return (add_2,)
+""")
+        self.assertExpectedInline(result.after, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "f32[2, 3, 1, 16]", arg1_1: "f32[2, 12, 16]", arg2_1: "f32[2, 3, 1, 16]"):
+        view: "f32[2, 3, 4, 16]" = torch.ops.aten.reshape.default(arg1_1, [2, 3, -1, 16])
+        norm_modulate_default: "f32[2, 3, 4, 16]" = torch.ops.fusion_passes.norm_modulate.default(view, None, None, [arg0_1], [arg2_1], None, 1e-06, 'layer', True, 'none', torch.float32)
+        return (norm_modulate_default,)
+""")
+
+    def test_f2_gated_residual_bf16(self):
+        args = [randn(2, 8, 16, dtype=torch.bfloat16), randn(2, 8, 16, dtype=torch.bfloat16), randn(2, 48, dtype=torch.bfloat16)]
+        result = self.check(gated_residual, args, torch.bfloat16, {"residual_adaln": 1})
+        self.assertExpectedInline(result.before, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "bf16[2, 48]", arg1_1: "bf16[2, 8, 16]", arg2_1: "bf16[2, 8, 16]"):
+        split = torch.ops.aten.split.Tensor(arg0_1, 16, 1)
+        getitem: "bf16[2, 16]" = split[0]
+        getitem_1: "bf16[2, 16]" = split[1]
+        getitem_2: "bf16[2, 16]" = split[2]
+        unsqueeze: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_2, 1)
+        mul: "bf16[2, 8, 16]" = torch.ops.aten.mul.Tensor(unsqueeze, arg1_1)
+        add: "bf16[2, 8, 16]" = torch.ops.aten.add.Tensor(arg2_1, mul)
+        convert_element_type: "f32[2, 8, 16]" = torch.ops.prims.convert_element_type.default(add, torch.float32)
+        var_mean = torch.ops.aten.var_mean.correction(convert_element_type, [2], correction = 0, keepdim = True)
+        getitem_3: "f32[2, 8, 1]" = var_mean[0]
+        getitem_4: "f32[2, 8, 1]" = var_mean[1]
+        sub: "f32[2, 8, 16]" = torch.ops.aten.sub.Tensor(convert_element_type, getitem_4)
+        add_1: "f32[2, 8, 1]" = torch.ops.aten.add.Tensor(getitem_3, 1e-06)
+        rsqrt: "f32[2, 8, 1]" = torch.ops.aten.rsqrt.default(add_1)
+        mul_1: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(sub, rsqrt)
+        convert_element_type_1: "bf16[2, 8, 16]" = torch.ops.prims.convert_element_type.default(mul_1, torch.bfloat16)
+        unsqueeze_1: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_1, 1)
+        add_2: "bf16[2, 1, 16]" = torch.ops.aten.add.Tensor(unsqueeze_1, 1)
+        mul_2: "bf16[2, 8, 16]" = torch.ops.aten.mul.Tensor(convert_element_type_1, add_2)
+        unsqueeze_2: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem, 1)
+        add_3: "bf16[2, 8, 16]" = torch.ops.aten.add.Tensor(mul_2, unsqueeze_2)
+        return (add, add_3)
+""")
+        self.assertExpectedInline(result.after, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "bf16[2, 48]", arg1_1: "bf16[2, 8, 16]", arg2_1: "bf16[2, 8, 16]"):
+        split = torch.ops.aten.split.Tensor(arg0_1, 16, 1)
+        getitem: "bf16[2, 16]" = split[0]
+        getitem_1: "bf16[2, 16]" = split[1]
+        getitem_2: "bf16[2, 16]" = split[2]
+        unsqueeze: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_2, 1)
+        unsqueeze_1: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_1, 1)
+        unsqueeze_2: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem, 1)
+        residual_norm_modulate_default = torch.ops.fusion_passes.residual_norm_modulate.default(arg2_1, arg1_1, [unsqueeze], None, None, [unsqueeze_1], [unsqueeze_2], None, 1e-06, 'layer', True, 'after_affine', torch.bfloat16, torch.bfloat16)
+        getitem_5: "bf16[2, 8, 16]" = residual_norm_modulate_default[0]
+        getitem_6: "bf16[2, 8, 16]" = residual_norm_modulate_default[1]
+        return (getitem_6, getitem_5)
+""")
+
+    def test_f2_x_times_gate_strided_residual_fp32(self):
+        args = [randn(2, 16, 8), randn(2, 8, 16), randn(2, 1, 16), randn(2, 1, 16), randn(2, 1, 16)]
+        result = self.check(gated_residual_x_times_gate, args, torch.float32, {"residual_adaln": 1})
+        self.assertExpectedInline(result.before, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "f32[2, 16, 8]", arg1_1: "f32[2, 8, 16]", arg2_1: "f32[2, 1, 16]", arg3_1: "f32[2, 1, 16]", arg4_1: "f32[2, 1, 16]"):
+        permute: "f32[2, 8, 16]" = torch.ops.aten.permute.default(arg0_1, [0, 2, 1])
+        mul: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(arg1_1, arg2_1)
+        add: "f32[2, 8, 16]" = torch.ops.aten.add.Tensor(permute, mul)
+        clone: "f32[2, 8, 16]" = torch.ops.aten.clone.default(add, memory_format = torch.contiguous_format)
+        var_mean = torch.ops.aten.var_mean.correction(clone, [2], correction = 0, keepdim = True)
+        getitem: "f32[2, 8, 1]" = var_mean[0]
+        getitem_1: "f32[2, 8, 1]" = var_mean[1]
+        sub: "f32[2, 8, 16]" = torch.ops.aten.sub.Tensor(clone, getitem_1)
+        add_1: "f32[2, 8, 1]" = torch.ops.aten.add.Tensor(getitem, 1e-06)
+        rsqrt: "f32[2, 8, 1]" = torch.ops.aten.rsqrt.default(add_1)
+        mul_1: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(sub, rsqrt)
+        add_2: "f32[2, 1, 16]" = torch.ops.aten.add.Tensor(arg3_1, 1)
+        mul_2: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(mul_1, add_2)
+        add_3: "f32[2, 8, 16]" = torch.ops.aten.add.Tensor(mul_2, arg4_1)
+        return (add, add_3)
+""")
+        self.assertExpectedInline(result.after, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "f32[2, 16, 8]", arg1_1: "f32[2, 8, 16]", arg2_1: "f32[2, 1, 16]", arg3_1: "f32[2, 1, 16]", arg4_1: "f32[2, 1, 16]"):
+        permute: "f32[2, 8, 16]" = torch.ops.aten.permute.default(arg0_1, [0, 2, 1])
+        residual_norm_modulate_default = torch.ops.fusion_passes.residual_norm_modulate.default(permute, arg1_1, [arg2_1], None, None, [arg3_1], [arg4_1], None, 1e-06, 'layer', True, 'none', torch.float32, torch.float32)
+        getitem_2: "f32[2, 8, 16]" = residual_norm_modulate_default[0]
+        getitem_3: "f32[2, 8, 16]" = residual_norm_modulate_default[1]
+        return (getitem_3, getitem_2)
+""")
+
+    def test_f2_fp32_form_bf16(self):
+        args = [randn(2, 8, 16, dtype=torch.bfloat16), randn(2, 8, 16, dtype=torch.bfloat16)]
+        args += [randn(2, 1, 16), randn(2, 1, 16), randn(2, 1, 16)]
+        result = self.check(gated_residual_fp32_form, args, torch.bfloat16, {"residual_adaln": 1})
+        self.assertExpectedInline(result.before, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "bf16[2, 8, 16]", arg1_1: "bf16[2, 8, 16]", arg2_1: "f32[2, 1, 16]", arg3_1: "f32[2, 1, 16]", arg4_1: "f32[2, 1, 16]"):
+        convert_element_type: "f32[2, 8, 16]" = torch.ops.prims.convert_element_type.default(arg0_1, torch.float32)
+        mul: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(arg1_1, arg2_1)
+        add: "f32[2, 8, 16]" = torch.ops.aten.add.Tensor(convert_element_type, mul)
+        convert_element_type_1: "bf16[2, 8, 16]" = torch.ops.prims.convert_element_type.default(add, torch.bfloat16)
+        convert_element_type_2: "f32[2, 8, 16]" = torch.ops.prims.convert_element_type.default(convert_element_type_1, torch.float32)
+        var_mean = torch.ops.aten.var_mean.correction(convert_element_type_2, [2], correction = 0, keepdim = True)
+        getitem: "f32[2, 8, 1]" = var_mean[0]
+        getitem_1: "f32[2, 8, 1]" = var_mean[1]
+        sub: "f32[2, 8, 16]" = torch.ops.aten.sub.Tensor(convert_element_type_2, getitem_1)
+        add_1: "f32[2, 8, 1]" = torch.ops.aten.add.Tensor(getitem, 1e-06)
+        rsqrt: "f32[2, 8, 1]" = torch.ops.aten.rsqrt.default(add_1)
+        mul_1: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(sub, rsqrt)
+        add_2: "f32[2, 1, 16]" = torch.ops.aten.add.Tensor(arg3_1, 1)
+        mul_2: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(mul_1, add_2)
+        add_3: "f32[2, 8, 16]" = torch.ops.aten.add.Tensor(mul_2, arg4_1)
+        convert_element_type_3: "bf16[2, 8, 16]" = torch.ops.prims.convert_element_type.default(add_3, torch.bfloat16)
+        return (convert_element_type_1, convert_element_type_3)
+""")
+        self.assertExpectedInline(result.after, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "bf16[2, 8, 16]", arg1_1: "bf16[2, 8, 16]", arg2_1: "f32[2, 1, 16]", arg3_1: "f32[2, 1, 16]", arg4_1: "f32[2, 1, 16]"):
+        residual_norm_modulate_default = torch.ops.fusion_passes.residual_norm_modulate.default(arg0_1, arg1_1, [arg2_1], None, None, [arg3_1], [arg4_1], None, 1e-06, 'layer', True, 'none', torch.bfloat16, torch.bfloat16)
+        getitem_2: "bf16[2, 8, 16]" = residual_norm_modulate_default[0]
+        getitem_3: "bf16[2, 8, 16]" = residual_norm_modulate_default[1]
+        return (getitem_3, getitem_2)
+""")
+
+    def test_f2_without_gate_fp32(self):
+        args = [randn(2, 8, 16), randn(2, 8, 16), randn(2, 1, 16), randn(2, 1, 16)]
+        result = self.check(plain_residual, args, torch.float32, {"residual_adaln": 1})
+        self.assertExpectedInline(result.before, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "f32[2, 8, 16]", arg1_1: "f32[2, 8, 16]", arg2_1: "f32[2, 1, 16]", arg3_1: "f32[2, 1, 16]"):
+        add: "f32[2, 8, 16]" = torch.ops.aten.add.Tensor(arg0_1, arg1_1)
+        var_mean = torch.ops.aten.var_mean.correction(add, [2], correction = 0, keepdim = True)
+        getitem: "f32[2, 8, 1]" = var_mean[0]
+        getitem_1: "f32[2, 8, 1]" = var_mean[1]
+        sub: "f32[2, 8, 16]" = torch.ops.aten.sub.Tensor(add, getitem_1)
+        add_1: "f32[2, 8, 1]" = torch.ops.aten.add.Tensor(getitem, 1e-06)
+        rsqrt: "f32[2, 8, 1]" = torch.ops.aten.rsqrt.default(add_1)
+        mul: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(sub, rsqrt)
+        add_2: "f32[2, 1, 16]" = torch.ops.aten.add.Tensor(arg2_1, 1)
+        mul_1: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(mul, add_2)
+        add_3: "f32[2, 8, 16]" = torch.ops.aten.add.Tensor(mul_1, arg3_1)
+        return (add, add_3)
+""")
+        self.assertExpectedInline(result.after, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "f32[2, 8, 16]", arg1_1: "f32[2, 8, 16]", arg2_1: "f32[2, 1, 16]", arg3_1: "f32[2, 1, 16]"):
+        residual_norm_modulate_default = torch.ops.fusion_passes.residual_norm_modulate.default(arg0_1, arg1_1, [], None, None, [arg2_1], [arg3_1], None, 1e-06, 'layer', True, 'none', torch.float32, torch.float32)
+        getitem_2: "f32[2, 8, 16]" = residual_norm_modulate_default[0]
+        getitem_3: "f32[2, 8, 16]" = residual_norm_modulate_default[1]
+        return (getitem_3, getitem_2)
+""")
+
+    def test_f3_select01_fp32(self):
+        args = [randn(2, 8, 16), torch.randint(0, 2, (2, 8)), randn(2, 48), randn(2, 48)]
+        result = self.check(select01, args, torch.float32, {"adaln": 1})
+        self.assertExpectedInline(result.before, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "f32[2, 48]", arg1_1: "f32[2, 48]", arg2_1: "i64[2, 8]", arg3_1: "f32[2, 8, 16]"):
+        split = torch.ops.aten.split.Tensor(arg0_1, 16, 1)
+        getitem: "f32[2, 16]" = split[0]
+        getitem_1: "f32[2, 16]" = split[1]
+        split_1 = torch.ops.aten.split.Tensor(arg1_1, 16, 1)
+        getitem_3: "f32[2, 16]" = split_1[0]
+        getitem_4: "f32[2, 16]" = split_1[1]
+        var_mean = torch.ops.aten.var_mean.correction(arg3_1, [2], correction = 0, keepdim = True)
+        getitem_6: "f32[2, 8, 1]" = var_mean[0]
+        getitem_7: "f32[2, 8, 1]" = var_mean[1]
+        sub: "f32[2, 8, 16]" = torch.ops.aten.sub.Tensor(arg3_1, getitem_7)
+        add: "f32[2, 8, 1]" = torch.ops.aten.add.Tensor(getitem_6, 1e-06)
+        rsqrt: "f32[2, 8, 1]" = torch.ops.aten.rsqrt.default(add)
+        mul: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(sub, rsqrt)
+        unsqueeze: "i64[2, 8, 1]" = torch.ops.aten.unsqueeze.default(arg2_1, 2)
+        eq: "b8[2, 8, 1]" = torch.ops.aten.eq.Scalar(unsqueeze, 0)
+        unsqueeze_1: "f32[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_1, 1)
+        unsqueeze_2: "f32[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_4, 1)
+        where: "f32[2, 8, 16]" = torch.ops.aten.where.self(eq, unsqueeze_1, unsqueeze_2)
+        add_1: "f32[2, 8, 16]" = torch.ops.aten.add.Tensor(where, 1)
+        mul_1: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(mul, add_1)
+        unsqueeze_3: "f32[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem, 1)
+        unsqueeze_4: "f32[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_3, 1)
+        where_1: "f32[2, 8, 16]" = torch.ops.aten.where.self(eq, unsqueeze_3, unsqueeze_4)
+        add_2: "f32[2, 8, 16]" = torch.ops.aten.add.Tensor(mul_1, where_1)
+        return (add_2,)
+""")
+        self.assertExpectedInline(result.after, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "f32[2, 48]", arg1_1: "f32[2, 48]", arg2_1: "i64[2, 8]", arg3_1: "f32[2, 8, 16]"):
+        split = torch.ops.aten.split.Tensor(arg0_1, 16, 1)
+        getitem: "f32[2, 16]" = split[0]
+        getitem_1: "f32[2, 16]" = split[1]
+        split_1 = torch.ops.aten.split.Tensor(arg1_1, 16, 1)
+        getitem_3: "f32[2, 16]" = split_1[0]
+        getitem_4: "f32[2, 16]" = split_1[1]
+        unsqueeze: "i64[2, 8, 1]" = torch.ops.aten.unsqueeze.default(arg2_1, 2)
+        eq: "b8[2, 8, 1]" = torch.ops.aten.eq.Scalar(unsqueeze, 0)
+        unsqueeze_1: "f32[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_1, 1)
+        unsqueeze_2: "f32[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_4, 1)
+        unsqueeze_3: "f32[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem, 1)
+        unsqueeze_4: "f32[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_3, 1)
+        norm_modulate_default: "f32[2, 8, 16]" = torch.ops.fusion_passes.norm_modulate.default(arg3_1, None, None, [unsqueeze_1, unsqueeze_2], [unsqueeze_3, unsqueeze_4], eq, 1e-06, 'layer', True, 'none', torch.float32)
+        return (norm_modulate_default,)
+""")
+        self.assertIn("select01", result.report.fused[0].pattern)
+
+    def test_f3_select01_residual_bf16(self):
+        args = [randn(2, 8, 16, dtype=torch.bfloat16), randn(2, 8, 16, dtype=torch.bfloat16), torch.randint(0, 2, (2, 8))]
+        args += [randn(2, 48, dtype=torch.bfloat16), randn(2, 48, dtype=torch.bfloat16)]
+        result = self.check(select01_residual, args, torch.bfloat16, {"residual_adaln": 1})
+        self.assertExpectedInline(result.before, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "bf16[2, 48]", arg1_1: "bf16[2, 48]", arg2_1: "i64[2, 8]", arg3_1: "bf16[2, 8, 16]", arg4_1: "bf16[2, 8, 16]"):
+        split = torch.ops.aten.split.Tensor(arg0_1, 16, 1)
+        getitem: "bf16[2, 16]" = split[0]
+        getitem_1: "bf16[2, 16]" = split[1]
+        getitem_2: "bf16[2, 16]" = split[2]
+        split_1 = torch.ops.aten.split.Tensor(arg1_1, 16, 1)
+        getitem_3: "bf16[2, 16]" = split_1[0]
+        getitem_4: "bf16[2, 16]" = split_1[1]
+        getitem_5: "bf16[2, 16]" = split_1[2]
+        convert_element_type: "b8[2, 8]" = torch.ops.prims.convert_element_type.default(arg2_1, torch.bool)
+        unsqueeze: "b8[2, 8, 1]" = torch.ops.aten.unsqueeze.default(convert_element_type, 2)
+        unsqueeze_1: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_5, 1)
+        unsqueeze_2: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_2, 1)
+        where: "bf16[2, 8, 16]" = torch.ops.aten.where.self(unsqueeze, unsqueeze_1, unsqueeze_2)
+        mul: "bf16[2, 8, 16]" = torch.ops.aten.mul.Tensor(where, arg3_1)
+        add: "bf16[2, 8, 16]" = torch.ops.aten.add.Tensor(arg4_1, mul)
+        convert_element_type_1: "f32[2, 8, 16]" = torch.ops.prims.convert_element_type.default(add, torch.float32)
+        var_mean = torch.ops.aten.var_mean.correction(convert_element_type_1, [2], correction = 0, keepdim = True)
+        getitem_6: "f32[2, 8, 1]" = var_mean[0]
+        getitem_7: "f32[2, 8, 1]" = var_mean[1]
+        sub: "f32[2, 8, 16]" = torch.ops.aten.sub.Tensor(convert_element_type_1, getitem_7)
+        add_1: "f32[2, 8, 1]" = torch.ops.aten.add.Tensor(getitem_6, 1e-06)
+        rsqrt: "f32[2, 8, 1]" = torch.ops.aten.rsqrt.default(add_1)
+        mul_1: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(sub, rsqrt)
+        convert_element_type_2: "bf16[2, 8, 16]" = torch.ops.prims.convert_element_type.default(mul_1, torch.bfloat16)
+        unsqueeze_3: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_4, 1)
+        unsqueeze_4: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_1, 1)
+        where_1: "bf16[2, 8, 16]" = torch.ops.aten.where.self(unsqueeze, unsqueeze_3, unsqueeze_4)
+        add_2: "bf16[2, 8, 16]" = torch.ops.aten.add.Tensor(where_1, 1)
+        mul_2: "bf16[2, 8, 16]" = torch.ops.aten.mul.Tensor(convert_element_type_2, add_2)
+        unsqueeze_5: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_3, 1)
+        unsqueeze_6: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem, 1)
+        where_2: "bf16[2, 8, 16]" = torch.ops.aten.where.self(unsqueeze, unsqueeze_5, unsqueeze_6)
+        add_3: "bf16[2, 8, 16]" = torch.ops.aten.add.Tensor(mul_2, where_2)
+        return (add, add_3)
+""")
+        self.assertExpectedInline(result.after, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "bf16[2, 48]", arg1_1: "bf16[2, 48]", arg2_1: "i64[2, 8]", arg3_1: "bf16[2, 8, 16]", arg4_1: "bf16[2, 8, 16]"):
+        split = torch.ops.aten.split.Tensor(arg0_1, 16, 1)
+        getitem: "bf16[2, 16]" = split[0]
+        getitem_1: "bf16[2, 16]" = split[1]
+        getitem_2: "bf16[2, 16]" = split[2]
+        split_1 = torch.ops.aten.split.Tensor(arg1_1, 16, 1)
+        getitem_3: "bf16[2, 16]" = split_1[0]
+        getitem_4: "bf16[2, 16]" = split_1[1]
+        getitem_5: "bf16[2, 16]" = split_1[2]
+        convert_element_type: "b8[2, 8]" = torch.ops.prims.convert_element_type.default(arg2_1, torch.bool)
+        unsqueeze: "b8[2, 8, 1]" = torch.ops.aten.unsqueeze.default(convert_element_type, 2)
+        unsqueeze_1: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_5, 1)
+        unsqueeze_2: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_2, 1)
+        unsqueeze_3: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_4, 1)
+        unsqueeze_4: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_1, 1)
+        unsqueeze_5: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_3, 1)
+        unsqueeze_6: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem, 1)
+        residual_norm_modulate_default = torch.ops.fusion_passes.residual_norm_modulate.default(arg4_1, arg3_1, [unsqueeze_1, unsqueeze_2], None, None, [unsqueeze_3, unsqueeze_4], [unsqueeze_5, unsqueeze_6], unsqueeze, 1e-06, 'layer', True, 'after_affine', torch.bfloat16, torch.bfloat16)
+        getitem_8: "bf16[2, 8, 16]" = residual_norm_modulate_default[0]
+        getitem_9: "bf16[2, 8, 16]" = residual_norm_modulate_default[1]
+        return (getitem_9, getitem_8)
+""")
+        self.assertIn("select01", result.report.fused[0].pattern)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("eps", [1e-5, 1e-6, 9.999999974752427e-07])
-def test_every_precision_and_eps_fuses_with_the_graphs_eps(dtype, eps):
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+def test_every_precision_and_eps_fuses_with_the_graphs_eps(dtype, eps, norm):
     def chain(x, scale, shift):
-        return F.layer_norm(x, x.shape[-1:], eps=eps) * (1 + scale) + shift
+        normed = F.layer_norm(x, x.shape[-1:], eps=eps) if norm == "layer" else F.rms_norm(x, x.shape[-1:], eps=eps)
+        return normed * (1 + scale) + shift
 
-    args = [torch.randn(3, 5, 24, dtype=dtype), torch.randn(3, 1, 24, dtype=dtype), torch.randn(3, 1, 24, dtype=dtype)]
+    args = [randn(3, 5, 24, dtype=dtype), randn(3, 1, 24, dtype=dtype), randn(3, 1, 24, dtype=dtype)]
     result = capture(chain, *args)
     assert result.report.counts() == {"adaln": 1}
-    assert f", {eps!r})" in result.after  # the graph's own eps reaches the fused op
-    ref = chain(*(a.double() for a in args))
-    assert relative_error(result.output, ref) < TOLERANCE[dtype]
+    # The graph's own eps reaches the fused op (F.rms_norm rounds it to float32 first).
+    graph_eps = eps if norm == "layer" else torch.tensor(eps, dtype=torch.float32).item()
+    assert f", {graph_eps!r}, '{norm}'" in result.after
+    assert_matches_fp64(result, chain, args, dtype)
+
+
+@pytest.mark.parametrize("order", ["n*(1+s)+t", "(1+s)*n+t", "t+n*(1+s)", "t+(1+s)*n", "n*(s+1)+t"])
+def test_every_operand_order_fuses(order):
+    def chain(x, s, t):
+        n = F.layer_norm(x, x.shape[-1:])
+        return {
+            "n*(1+s)+t": lambda: n * (1 + s) + t,
+            "(1+s)*n+t": lambda: (1 + s) * n + t,
+            "t+n*(1+s)": lambda: t + n * (1 + s),
+            "t+(1+s)*n": lambda: t + (1 + s) * n,
+            "n*(s+1)+t": lambda: n * (s + 1) + t,
+        }[order]()
+
+    args = [randn(2, 8, 16), randn(2, 1, 16), randn(2, 1, 16)]
+    result = capture(chain, *args)
+    assert result.report.counts() == {"adaln": 1}
+    assert_matches_fp64(result, chain, args, torch.float32)
 
 
 def test_fp32_modulation_with_bf16_x_fuses_and_promotes():
-    x = torch.randn(2, 8, 16, dtype=torch.bfloat16)
-    scale, shift = torch.randn(2, 1, 16), torch.randn(2, 1, 16)
-    result = capture(weight_only_vector_modulation, x, torch.ones(16, dtype=torch.bfloat16), scale, shift)
+    def chain(x, scale, shift):
+        return F.layer_norm(x, x.shape[-1:]) * (1 + scale) + shift
+
+    result = capture(chain, randn(2, 8, 16, dtype=torch.bfloat16), randn(2, 1, 16), randn(2, 1, 16))
     assert result.report.counts() == {"adaln": 1}
     assert result.output.dtype == torch.float32
+
+
+def test_residual_sum_used_only_by_the_norm_is_f1_not_f2():
+    # Nothing else needs r: F2 would write it for nothing, so F1 takes the norm (x = the sum).
+    def chain(residual, x, scale, shift):
+        return F.layer_norm(residual + x, x.shape[-1:]) * (1 + scale) + shift
+
+    result = capture(chain, randn(2, 8, 16), randn(2, 8, 16), randn(2, 1, 16), randn(2, 1, 16))
+    assert result.report.counts() == {"adaln": 1}
+    assert result.report.near_misses == []
+
+
+def test_norm_weight_without_modulation_is_not_a_candidate():
+    # An RMSNorm with weight (q/k norm before RoPE) structurally looks like "norm * scale": not
+    # fused, and not reported either.
+    def qk_norm(x, weight):
+        return F.rms_norm(x, x.shape[-1:], weight, 1e-6)
+
+    result = capture(qk_norm, randn(2, 8, 4, 16), randn(16))
+    assert result.report.counts() == {}
+    assert result.report.near_misses == []
+
+
+def test_per_element_selection_fuses_without_select01():
+    # where() choosing per element (not per row) stays a materialized operand.
+    def chain(x, choose, scale0, scale1):
+        return F.layer_norm(x, x.shape[-1:]) * (1 + torch.where(choose, scale0, scale1))
+
+    args = [randn(2, 8, 16), torch.rand(2, 8, 16) > 0.5, randn(2, 1, 16), randn(2, 1, 16)]
+    result = capture(chain, *args)
+    assert result.report.counts() == {"adaln": 1}
+    assert "select01" not in result.report.fused[0].pattern
+    assert "torch.ops.aten.where.self" in result.after
 
 
 # Chains that must NOT fuse, each with the reason the report must give.
@@ -231,8 +796,8 @@ NEAR_MISSES = {
         torch.float32,
         "also used outside",
     ),
-    "scale without +1": (scale_without_one, [(2, 8, 16), (2, 1, 16), (2, 1, 16)], torch.float32, "not followed"),
-    "2 + scale": (two_plus_scale, [(2, 8, 16), (2, 1, 16), (2, 1, 16)], torch.float32, "not followed"),
+    "scale without +1": (scale_without_one, [(2, 8, 16), (2, 1, 16), (2, 1, 16)], torch.float32, "not 1 + scale"),
+    "2 + scale": (two_plus_scale, [(2, 8, 16), (2, 1, 16), (2, 1, 16)], torch.float32, "not 1 + scale"),
     "modulation broadcasts x up": (
         plain_chain,
         [(8, 16), (2, 8, 16), (2, 8, 16)],
@@ -261,34 +826,77 @@ def test_near_miss_does_not_fuse_and_says_why(name):
     args = [torch.randn(shape, dtype=dtype) for shape in shapes]
     result = capture(fn, *args)
     assert result.report.counts() == {}
-    assert "layer_norm_modulate" not in result.after
+    assert "fusion_passes" not in result.after
     reasons = [miss.reason for miss in result.report.near_misses]
     assert any(reason in r for r in reasons), reasons
-    expected = fn(*args)
-    for out, ref in zip(*(o if isinstance(o, tuple) else (o,) for o in (result.output, expected)), strict=True):
+    for out, ref in zip(outputs(result.output), outputs(fn(*args)), strict=True):
         torch.testing.assert_close(out, ref)
 
 
+def test_rounding_to_another_half_dtype_does_not_fuse():
+    # A bf16 x normalized, rounded to its fp16 weight's dtype: the kernel rounds only to x's dtype.
+    args = [randn(2, 8, 16, dtype=torch.bfloat16), randn(16, dtype=torch.float16)]
+    args += [randn(2, 1, 16, dtype=torch.bfloat16), randn(2, 1, 16, dtype=torch.bfloat16)]
+    result = capture(hand_written_rms_norm_shift_first, *args)
+    assert result.report.counts() == {}
+    reasons = [miss.reason for miss in result.report.near_misses]
+    assert any("casts to torch.float16, not to its input's dtype torch.bfloat16" in r for r in reasons), reasons
+
+
 def test_device_not_enabled_does_not_fuse():
-    result = capture(flux_style, torch.randn(2, 8, 16), torch.randn(2, 48), devices=("cuda",))
+    result = capture(flux_style, randn(2, 8, 16), randn(2, 48), devices=("cuda",))
     assert result.report.counts() == {}
     assert "device 'cpu' is not in config.devices" in result.report.near_misses[0].reason
 
 
 def test_dynamic_shapes_fuse_and_serve_every_shape():
     report = fusion_passes.report()
-    compiled = torch.compile(flux_style, backend="fusion_passes", dynamic=True, options={"fusion_passes": {"devices": ["cpu"]}})
+    compiled = torch.compile(gated_residual, backend="fusion_passes", dynamic=True, options={"fusion_passes": {"devices": ["cpu"]}})
     for batch, tokens, hidden in [(2, 8, 16), (3, 5, 16), (2, 7, 24)]:
-        x, emb = torch.randn(batch, tokens, hidden), torch.randn(batch, 3 * hidden)
-        torch.testing.assert_close(compiled(x, emb), flux_style(x, emb), rtol=1e-5, atol=1e-5)
+        args = randn(batch, tokens, hidden), randn(batch, tokens, hidden), randn(batch, 3 * hidden)
+        for out, ref in zip(compiled(*args), gated_residual(*args), strict=True):
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert len(report.graphs) == 1, "one symbolic graph serves every shape"
-    assert report.counts() == {"adaln": 1}
+    assert report.counts() == {"residual_adaln": 1}
 
 
 def test_dynamic_shapes_that_broadcast_x_up_do_not_fuse():
-    result = capture(plain_chain, torch.randn(8, 16), torch.randn(2, 8, 16), torch.randn(2, 8, 16), dynamic=True)
+    result = capture(plain_chain, randn(8, 16), randn(2, 8, 16), randn(2, 8, 16), dynamic=True)
     assert result.report.counts() == {}
     assert "does not broadcast to x shape" in result.report.near_misses[0].reason
+
+
+def fake_chain(x, *, producer=None, residual=False):
+    """A MatchedChain over fake CUDA tensors: what the size rule sees of a real match."""
+    graph = torch.fx.Graph()
+
+    def node(name, value, target=None):
+        made = graph.placeholder(name) if target is None else graph.call_function(target, ())
+        made.meta["val"] = value
+        return made
+
+    with torch._subclasses.fake_tensor.FakeTensorMode():
+        hidden = x.shape[-1] if isinstance(x.shape[-1], int) else x.shape[-1].node.hint
+        modulation = torch.empty(1, 1, hidden, device=x.device, dtype=torch.bfloat16)
+    x_node = node("x", x, producer)
+    scale = node("scale", modulation)
+    multiplier = graph.call_function(torch.ops.aten.add.Tensor, (scale, 1))
+    multiplier.meta["val"] = modulation
+    nodes = {"x": x_node, "multiplier": multiplier, "shift": node("shift", modulation), "eps": 1e-6}
+    y = node("y", x, torch.ops.aten.add.Tensor)
+    outputs_ = [y]
+    if residual:
+        nodes["residual"] = node("residual", x)
+        outputs_.append(node("r", x, torch.ops.aten.add.Tensor))
+        graph.call_function(torch.ops.aten.relu.default, (outputs_[1],))  # r used after the chain
+    match = types.SimpleNamespace(kwargs=nodes, nodes=[y], output_nodes=lambda: outputs_)
+    variant = types.SimpleNamespace(facts=dict(norm="layer", rounding="none", residual="gated" if residual else None))
+    return fusion_passes.patterns.MatchedChain(match=match, variant=variant)
+
+
+def fake_cuda(*shape):
+    with torch._subclasses.fake_tensor.FakeTensorMode():
+        return torch.empty(shape, device="cuda", dtype=torch.bfloat16)
 
 
 @pytest.mark.parametrize(
@@ -305,16 +913,17 @@ def test_dynamic_shapes_that_broadcast_x_up_do_not_fuse():
 )
 def test_cuda_size_rule(shape, producer, reason):
     # The rule measured on the GPU (docs/BENCHMARKS.md), checked here on fake CUDA tensors.
-    with torch._subclasses.fake_tensor.FakeTensorMode():
-        x = torch.empty(shape, device="cuda", dtype=torch.bfloat16)
-        scale = torch.empty(shape[0], 1, shape[-1], device="cuda", dtype=torch.bfloat16)
-    graph = torch.fx.Graph()
-    node = graph.placeholder("x") if producer is None else graph.call_function(producer, ())
-    node.meta["val"] = x
-    chain = adaln_family.MatchedChain(nodes={"x": node, "scale": scale, "shift": scale}, output=x)
+    chain = fake_chain(fake_cuda(*shape), producer=producer)
     assert adaln_family._check(chain) is None  # the kernel supports every one of these
     found = adaln_family._cuda_size_rule(chain)
     assert found == reason if reason is None else reason in found
+
+
+def test_cuda_size_rule_for_f2_ignores_the_pointwise_producer():
+    # F2 takes the residual add itself; nothing is split off Inductor's norm kernel.
+    chain = fake_chain(fake_cuda(1, 4096, 3072), residual=True)
+    assert adaln_family._check(chain) is None
+    assert adaln_family._cuda_size_rule(chain) is None
 
 
 @pytest.mark.parametrize(("shape", "fires"), [((1, 4096, 3072), True), ((1, 64, 3072), False), ((1, 4096, 1024), False)])
@@ -322,25 +931,13 @@ def test_cuda_size_rule_judges_symbolic_sizes_at_their_compile_time_values(shape
     mode = torch._subclasses.fake_tensor.FakeTensorMode(shape_env=torch.fx.experimental.symbolic_shapes.ShapeEnv())
     x = mode.from_tensor(torch.empty(shape, device="meta"), static_shapes=False)
     assert not isinstance(x.shape[-1], int)  # size-1 dims stay static, the rest are symbols
-    node = torch.fx.Graph().placeholder("x")
-    node.meta["val"] = x
-    chain = adaln_family.MatchedChain(nodes={"x": node, "scale": x, "shift": x}, output=x)
+    chain = fake_chain(x)
     assert adaln_family._check(chain) is None
     assert (adaln_family._cuda_size_rule(chain) is None) == fires
 
 
-@pytest.mark.parametrize("operand", ["x", "scale"])
-def test_data_dependent_sizes_do_not_fuse(operand):
+def test_data_dependent_sizes_do_not_fuse():
     shape_env = torch.fx.experimental.symbolic_shapes.ShapeEnv()
     with torch._subclasses.fake_tensor.FakeTensorMode(shape_env=shape_env):
-        unbacked = shape_env.create_unbacked_symint()
-        static = torch.empty(2, 8, 16)
-        dynamic = torch.empty(unbacked, 8, 16)
-    values = {"x": static, "scale": static, "shift": static, operand: dynamic}
-    nodes = {}
-    for name, value in values.items():
-        nodes[name] = torch.fx.Graph().placeholder(name)
-        nodes[name].meta["val"] = value
-    chain = adaln_family.MatchedChain(nodes=nodes, output=values["x"])
-    assert f"{operand} shape" in adaln_family._check(chain)
-    assert "data-dependent" in adaln_family._check(chain)
+        x = torch.empty(shape_env.create_unbacked_symint(), 8, 16)
+    assert "data-dependent" in adaln_family._check(fake_chain(x))

@@ -1,8 +1,10 @@
-"""The fused op inside compiled CUDA graphs (Triton kernel path); skipped without a GPU."""
+"""The fused ops inside compiled CUDA graphs (Triton kernel path); skipped without a GPU."""
 
 import pytest
 import torch
 import torch.nn.functional as F
+from test_adaln_patterns import gated_residual, gated_residual_fp32_form, hand_written_rms_norm_shift_first, select01_residual
+from tiny_models import MODELS
 
 import fusion_passes
 
@@ -18,17 +20,55 @@ def chain(x, emb):
     return F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_backend_runs_the_triton_kernel_with_parity(dtype):
-    x = torch.randn(2, 77, 3072, device="cuda", dtype=dtype)
-    emb = torch.randn(2, 3 * 3072, device="cuda", dtype=dtype)
-    fused = torch.compile(chain, backend="fusion_passes", options=ANY_SIZE)(x, emb)
-    assert fusion_passes.report().counts() == {"adaln": 1}
+def relative_error(out, ref):
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def compare_with_inductor(fn, args, counts):
+    """The backend's outputs are as close to fp64 as Inductor's own (rounding differences only)."""
+    fused = fn_outputs(torch.compile(fn, backend="fusion_passes", options=ANY_SIZE)(*args))
+    assert fusion_passes.report().counts() == counts, fusion_passes.report().summary()
     torch._dynamo.reset()
-    plain = torch.compile(chain)(x, emb)
-    ref = chain(x.double(), emb.double())
-    error = lambda out: ((out.double() - ref).norm() / ref.norm()).item()  # noqa: E731
-    assert error(fused) <= max(2 * error(plain), 1e-6)
+    plain = fn_outputs(torch.compile(fn)(*args))
+    reference = fn_outputs(fn(*(a.double() if a.is_floating_point() else a for a in args)))
+    for out, inductor, ref in zip(fused, plain, reference, strict=True):
+        assert out.dtype == inductor.dtype
+        assert relative_error(out, ref) <= max(2 * relative_error(inductor, ref), 1e-6)
+
+
+def fn_outputs(value):
+    return value if isinstance(value, tuple) else (value,)
+
+
+def cuda_randn(*shape, dtype=torch.float32):
+    return torch.randn(shape, device="cuda", dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_f1_runs_the_triton_kernel_with_parity(dtype):
+    compare_with_inductor(chain, [cuda_randn(2, 77, 3072, dtype=dtype), cuda_randn(2, 3 * 3072, dtype=dtype)], {"adaln": 1})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_f2_and_f3_run_the_triton_kernel_with_parity(dtype):
+    x, residual = cuda_randn(2, 77, 1536, dtype=dtype), cuda_randn(2, 77, 1536, dtype=dtype)
+    emb = cuda_randn(2, 3 * 1536, dtype=dtype)
+    compare_with_inductor(gated_residual, [residual, x, emb], {"residual_adaln": 1})
+    torch._dynamo.reset()
+    fusion_passes.reset_report()
+    index = torch.randint(0, 2, (2, 77), device="cuda")
+    compare_with_inductor(select01_residual, [residual, x, index, emb, cuda_randn(2, 3 * 1536, dtype=dtype)], {"residual_adaln": 1})
+
+
+def test_fp32_form_and_hand_written_rms_norm_round_like_inductor():
+    modulation = [cuda_randn(2, 1, 1536) for _ in range(3)]
+    args = [cuda_randn(2, 77, 1536, dtype=torch.bfloat16), cuda_randn(2, 77, 1536, dtype=torch.bfloat16), *modulation]
+    compare_with_inductor(gated_residual_fp32_form, args, {"residual_adaln": 1})
+    torch._dynamo.reset()
+    fusion_passes.reset_report()
+    bf16 = [cuda_randn(2, 77, 1536, dtype=torch.bfloat16), cuda_randn(1536, dtype=torch.bfloat16)]
+    bf16 += [cuda_randn(2, 1, 1536, dtype=torch.bfloat16), cuda_randn(2, 1, 1536, dtype=torch.bfloat16)]
+    compare_with_inductor(hand_written_rms_norm_shift_first, bf16, {"adaln": 1})
 
 
 @pytest.mark.parametrize(
@@ -36,22 +76,24 @@ def test_backend_runs_the_triton_kernel_with_parity(dtype):
     [(4, 3072, "12288 elements, below"), (4096, 128, "hidden size 128 is outside")],
 )
 def test_sizes_where_inductor_wins_stay_with_inductor(tokens, hidden, reason):
-    x = torch.randn(1, tokens, hidden, device="cuda")
-    torch.compile(chain, backend="fusion_passes")(x, torch.randn(1, 3 * hidden, device="cuda"))
+    x = cuda_randn(1, tokens, hidden)
+    torch.compile(chain, backend="fusion_passes")(x, cuda_randn(1, 3 * hidden))
     report = fusion_passes.report()
     assert report.counts() == {}
     assert reason in report.near_misses[0].reason
 
 
-def test_flux_tiny_bf16_on_cuda():
-    from test_models import FLUX_F1_PER_DOUBLE_BLOCK, FLUX_F1_PER_SINGLE_BLOCK, PARITY, relative_error, tiny_flux
+@pytest.mark.parametrize("name", list(MODELS))
+def test_models_bf16_on_cuda(name):
+    from test_models import PARITY, WHOLE, kinds
 
-    model, inputs = tiny_flux(torch.bfloat16)
-    model, inputs = model.cuda(), {k: v.cuda() for k, v in inputs.items()}
+    model, inputs = MODELS[name](torch.bfloat16)
+    model = model.cuda()
+    inputs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     with torch.no_grad():
         plain = torch.compile(model)(**inputs, return_dict=False)[0]
         torch._dynamo.reset()
         fused = torch.compile(model, backend="fusion_passes", options=ANY_SIZE)(**inputs, return_dict=False)[0]
-    expected = 2 * FLUX_F1_PER_DOUBLE_BLOCK + 2 * FLUX_F1_PER_SINGLE_BLOCK
-    assert fusion_passes.report().counts() == {"adaln": expected}
+    (graph,) = fusion_passes.report().graphs
+    assert kinds(graph) == WHOLE[name], graph.summary()
     assert relative_error(fused, plain) < PARITY[torch.bfloat16]

@@ -14,7 +14,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 
 import fusion_passes
 from fusion_passes import FusionConfig, FusionPassManager
-from fusion_passes.graph_utils import merge_duplicates
+from fusion_passes.graph_utils import canonicalize_reduction_dims, merge_duplicates
 
 CPU_OPTIONS = {"fusion_passes": {"devices": ("cpu",)}}
 
@@ -192,6 +192,29 @@ def test_merge_duplicates():
     assert len(splits) == 1 and len(splits[0].users) == 1
 
 
+def test_merge_duplicates_merges_pointwise_ops_but_not_random_ones():
+    # Qwen-Image computes index == 0 once per modulation tensor; F3 needs to see one condition.
+    graph = torch.fx.Graph()
+    index = graph.placeholder("index")
+    conditions = [graph.call_function(torch.ops.aten.eq.Scalar, (index, 0)) for _ in range(3)]
+    noise = [graph.call_function(torch.ops.aten.rand_like.default, (index,)) for _ in range(2)]
+    graph.output((*conditions, *noise))
+    assert merge_duplicates(graph) == 2
+    assert len(graph.find_nodes(op="call_function", target=torch.ops.aten.eq.Scalar)) == 1
+    assert len(graph.find_nodes(op="call_function", target=torch.ops.aten.rand_like.default)) == 2
+
+
+def test_reductions_over_the_last_dim_are_spelled_minus_one():
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    x.meta["val"] = torch.empty(2, 3, 4, device="meta")
+    last = graph.call_function(torch.ops.aten.mean.dim, (x, [2], True))
+    other = graph.call_function(torch.ops.aten.mean.dim, (x, [1], True))
+    graph.output((last, other))
+    assert canonicalize_reduction_dims(graph) == 1
+    assert last.args[1] == [-1] and other.args[1] == [1]
+
+
 CACHE_SCRIPT = textwrap.dedent(
     """
     import torch, torch.nn.functional as F
@@ -207,7 +230,7 @@ CACHE_SCRIPT = textwrap.dedent(
     compiled(x, emb)
     with torch.profiler.profile() as profile:
         out = compiled(x, emb)
-    ran_fused = any("fusion_passes::layer_norm_modulate" in e.name for e in profile.events())
+    ran_fused = any("fusion_passes::norm_modulate" in e.name for e in profile.events())
     torch.testing.assert_close(out, chain(x, emb))
     report = fusion_passes.report()
     print(f"hits={counters['inductor']['fxgraph_cache_hit']} fused_op_ran={ran_fused} "

@@ -1,0 +1,162 @@
+"""GPU benchmark: whole transformer blocks at full size, Inductor alone vs the fusion_passes backend.
+
+Run on a CUDA machine: ``python benchmarks/bench_blocks.py [--models flux,qwen_image,wan] [--out DIR]``.
+Each model is built with its full-size dimensions and one block of each kind (random weights,
+bf16); one eager forward records each block's inputs. Each block is then compiled alone with
+``torch.compile`` (Inductor) and with ``backend="fusion_passes"`` (default settings, size rule on),
+checked for parity, and timed by CUDA-graph replay. A table goes to stdout (last).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import fusion_passes
+from fusion_passes.timing import cuda_graph_ms
+
+
+def flux() -> tuple[torch.nn.Module, dict[str, Any]]:
+    """FLUX.1 at 1024x1024: C=3072, 24 heads x 128, 4096 image + 512 text tokens."""
+    from diffusers import FluxTransformer2DModel
+
+    model = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=128,
+        num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+        axes_dims_rope=(16, 56, 56),
+    )
+    inputs = dict(
+        hidden_states=torch.randn(1, 4096, 64), encoder_hidden_states=torch.randn(1, 512, 4096),
+        pooled_projections=torch.randn(1, 768), timestep=torch.rand(1), guidance=torch.full((1,), 3.5),
+        img_ids=torch.randn(4096, 3), txt_ids=torch.zeros(512, 3),
+    )
+    return model, inputs
+
+
+def qwen_image(edit: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Qwen-Image at 1024x1024 (64x64 latent patches), C=3072; ``edit``: a reference image too (F3)."""
+    from diffusers import QwenImageTransformer2DModel
+
+    model = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=64, out_channels=16, num_layers=1, attention_head_dim=128, num_attention_heads=24,
+        joint_attention_dim=3584, axes_dims_rope=(16, 56, 56), zero_cond_t=edit,
+    )
+    shapes = [(1, 64, 64), (1, 64, 64)] if edit else [(1, 64, 64)]
+    tokens = sum(f * h * w for f, h, w in shapes)
+    inputs = dict(
+        hidden_states=torch.randn(1, tokens, 64), encoder_hidden_states=torch.randn(1, 512, 3584),
+        encoder_hidden_states_mask=torch.ones(1, 512, dtype=torch.long), timestep=torch.rand(1),
+        img_shapes=[shapes],
+    )
+    return model, inputs
+
+
+def wan() -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Wan 2.1 1.3B on an 81x480x832 video: C=1536, 12 heads x 128, 32760 tokens."""
+    from diffusers import WanTransformer3DModel
+
+    model = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
+        text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=1, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+    )
+    inputs = dict(
+        hidden_states=torch.randn(1, 16, 21, 60, 104), timestep=torch.randint(0, 1000, (1,)),
+        encoder_hidden_states=torch.randn(1, 512, 4096),
+    )
+    return model, inputs
+
+
+MODELS = {"flux": flux, "qwen_image": qwen_image, "qwen_image_edit": lambda: qwen_image(edit=True), "wan": wan}
+
+
+def record_block_inputs(model: torch.nn.Module, inputs: dict[str, Any]) -> dict[str, tuple[torch.nn.Module, tuple, dict]]:
+    """One block of each repeated class with the args and kwargs it saw in an eager forward."""
+    blocks: dict[str, tuple[torch.nn.Module, tuple, dict]] = {}
+    handles = []
+    for module in model.modules():
+        if type(module).__name__ in (model._repeated_blocks or []):
+
+            def hook(block, args, kwargs, name=type(module).__name__):
+                blocks.setdefault(name, (block, args, kwargs))
+
+            handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+    with torch.no_grad():
+        model(**inputs, return_dict=False)
+    for handle in handles:
+        handle.remove()
+    return blocks
+
+
+def first_tensor(value: Any) -> torch.Tensor:
+    return value if isinstance(value, torch.Tensor) else first_tensor(value[-1] if isinstance(value, tuple) else value[0])
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def bench_block(name: str, block: torch.nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """Compile one block both ways, check parity, time both by CUDA-graph replay."""
+    torch._dynamo.reset()
+    fusion_passes.reset_report()
+    inductor = torch.compile(block)
+    fused = torch.compile(block, backend="fusion_passes")
+    with torch.no_grad():
+        plain_out = first_tensor(inductor(*args, **kwargs))
+        torch._dynamo.reset()
+        fused_out = first_tensor(fused(*args, **kwargs))
+        report = fusion_passes.report()
+        fused_ms = cuda_graph_ms(lambda: fused(*args, **kwargs), calls_per_graph=4, replays=20)
+        inductor_ms = cuda_graph_ms(lambda: inductor(*args, **kwargs), calls_per_graph=4, replays=20)
+    return {
+        "block": name,
+        "inductor_ms": inductor_ms,
+        "fused_ms": fused_ms,
+        "speedup": inductor_ms / fused_ms,
+        "fusions": report.counts(),
+        "near_misses": [f"{miss.source}: {miss.reason}" for miss in report.near_misses],
+        "rel_err_vs_inductor": relative_error(fused_out, plain_out),
+    }
+
+
+def main() -> None:
+    """Benchmark the chosen models' blocks; print the table last, write JSON to --out."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="flux,qwen_image,wan")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch._inductor.config.force_disable_caches = True
+    rows = []
+    for model_name in args.models.split(","):
+        torch.manual_seed(0)
+        with torch.device("cuda"):
+            model, inputs = MODELS[model_name]()
+        model = model.to(torch.bfloat16).eval()
+        inputs = {k: v.to("cuda", torch.bfloat16) if isinstance(v, torch.Tensor) and v.is_floating_point() else
+                  v.cuda() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        for block_name, (block, block_args, block_kwargs) in record_block_inputs(model, inputs).items():
+            row = bench_block(block_name, block, block_args, block_kwargs)
+            rows.append({"model": model_name, **row})
+            print(json.dumps(rows[-1]), flush=True)
+        del model
+        torch.cuda.empty_cache()
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": datetime.date.today().isoformat()}
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "blocks.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print(json.dumps(meta))
+    print("| model | block | Inductor ms | fusion_passes ms | speedup | fusions | rel err vs Inductor |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['block']} | {r['inductor_ms']:.3f} | {r['fused_ms']:.3f} | {r['speedup']:.3f}x | "
+              f"{r['fusions']} | {r['rel_err_vs_inductor']:.1e} |")
+
+
+if __name__ == "__main__":
+    main()
