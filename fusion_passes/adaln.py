@@ -60,13 +60,16 @@ EPS_SENTINEL = 1.9073486328125e-05
 # The example dtype of the traces: every input is half so each ``.float()`` leaves an upcast node.
 TRACE_DTYPE = torch.bfloat16
 
-# Where the fused op beats Inductor alone on CUDA (docs/BENCHMARKS.md): hidden sizes from
-# MIN_CUDA_HIDDEN to MAX_CUDA_HIDDEN (at 1024 and below Inductor's persistent reduction wins; at
-# 16384 Inductor was 4% faster) and x of at least MIN_CUDA_ELEMENTS. When F1's x comes from a
-# pointwise op (a residual add not used elsewhere), Inductor fuses that op into its own norm
-# kernel; replacing the norm splits it off, which pays only at larger sizes.
+# Where the fused op beats Inductor alone on CUDA (docs/BENCHMARKS.md, H200): hidden sizes from
+# MIN_CUDA_HIDDEN to MAX_CUDA_HIDDEN (at 1024 and below Inductor's persistent reduction wins) and
+# x of at least MIN_CUDA_ELEMENTS (below it the small kernels a rewrite leaves, such as an fp32
+# cast of the modulation, cost more than the fusion saves). When F1's x comes from a pointwise op
+# (a residual add not used elsewhere), Inductor fuses that op into its own norm kernel; replacing
+# the norm splits it off, which pays only at larger sizes. A residual sum with a per-row selection
+# (F3), fused whole (F2) or split off (F1 after it), was measured slower than Inductor: it is left
+# to Inductor.
 MIN_CUDA_HIDDEN = 1152
-MAX_CUDA_HIDDEN = 8192
+MAX_CUDA_HIDDEN = 16384
 MIN_CUDA_ELEMENTS = 1 << 20
 MIN_CUDA_ELEMENTS_AFTER_POINTWISE = 1 << 24
 
@@ -277,6 +280,8 @@ def _split_multiplier(node: Any) -> tuple[torch.fx.Node, tuple[torch.fx.Node, ..
         node = node.args[0]
     if not (isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target in _ADD_ONE):
         return None
+    if node.kwargs.get("alpha", 1) != 1:  # scale + alpha * 1
+        return None
     first, second = node.args[:2]
     if _is_one(second) and isinstance(first, torch.fx.Node):
         return first, tuple(reversed(views))
@@ -445,6 +450,8 @@ def _cuda_size_rule(chain: MatchedChain) -> str | None:
             "where the fused op was measured faster on CUDA"
         )
     after_pointwise = plan_.residual is None and is_pointwise(plan_.x)
+    if plan_.select is not None and (plan_.residual is not None or after_pointwise):
+        return "a residual sum with a per-row modulation choice (select01) was measured slower than Inductor on CUDA"
     minimum = MIN_CUDA_ELEMENTS_AFTER_POINTWISE if after_pointwise else MIN_CUDA_ELEMENTS
     if x.numel() < minimum:
         context = " after a pointwise producer" if after_pointwise else ""

@@ -186,7 +186,20 @@ _ADD_SCALAR_FORMS = [aten.add.Tensor, aten.add.Scalar]
 _CONVERT = torch.ops.prims.convert_element_type.default
 
 
-class Commutative(CallFunction):
+class StrictCall(CallFunction):
+    """A call that also refuses keyword arguments its pattern lacks.
+
+    The pattern matcher ignores a node's extra keywords, so ``torch.add(a, b, alpha=2)`` would
+    match a pattern traced from ``a + b``: a different computation.
+    """
+
+    def _match(self, node: torch.fx.Node, ctx: MatchContext) -> MatchResult:
+        if isinstance(node, torch.fx.Node) and set(node.kwargs) - set(self.kwargs):
+            return FailedMatch("extra_kwargs: {} {}", node, dict(node.kwargs))
+        return super()._match(node, ctx)
+
+
+class Commutative(StrictCall):
     """A two-operand call matching its operands in either order (``a + b`` or ``b + a``)."""
 
     def __init__(self, fns: Any, first: Any, second: Any, _users: int | Multiple = 1) -> None:
@@ -206,7 +219,7 @@ class Commutative(CallFunction):
         return result if not is_match(swapped) and "multiple_users" in str(result) else swapped
 
 
-class _SwappedOperands(CallFunction):
+class _SwappedOperands(StrictCall):
     # The second order of a Commutative; its users are checked as the original's (which the
     # match context knows as a pattern output where it is one).
     original: Commutative
@@ -215,12 +228,16 @@ class _SwappedOperands(CallFunction):
         return self.original._match_users(node, ctx)
 
 
+_EXACT_IN_FLOAT32 = (torch.float16, torch.bfloat16, torch.float32)
+
+
 def is_transparent(node: Any) -> bool:
-    """Whether ``node`` leaves its input's value unchanged for fp32 math (an upcast to float32, a clone)."""
+    """Whether ``node`` leaves its input's value unchanged for fp32 math (an exact upcast, a clone)."""
     if not (isinstance(node, torch.fx.Node) and node.op == "call_function"):
         return False
     if node.target is _CONVERT:
-        return node.args[1] == torch.float32
+        source = node.args[0].meta.get("val") if isinstance(node.args[0], torch.fx.Node) else None
+        return node.args[1] == torch.float32 and getattr(source, "dtype", None) in _EXACT_IN_FLOAT32
     return node.target is aten.clone.default
 
 
@@ -272,7 +289,8 @@ def generalize(pattern: PatternExpr, scalars: Sequence[str] = ("eps",)) -> Patte
     - an eps add matches ``add.Tensor`` (hand-written norms) and ``add.Scalar`` (``F.rms_norm``);
     - an upcast to float32 may be absent (fp32 graphs), and every input may sit behind upcasts
       and clones (``Transparent``, at each use separately);
-    - a downcast matches any target dtype (bf16 or fp16); family checks verify which.
+    - a downcast matches any target dtype (bf16 or fp16); family checks verify which;
+    - every call refuses keywords its pattern lacks (``alpha=`` on an add).
 
     ``scalars`` names the inputs that are numbers, not tensors.
     """
@@ -287,16 +305,16 @@ def generalize(pattern: PatternExpr, scalars: Sequence[str] = ("eps",)) -> Patte
         if expr.fns == [_CONVERT]:
             if args[1] == torch.float32:
                 return args[0] if isinstance(args[0], Transparent) else Transparent(args[0])
-            return CallFunction(_CONVERT, args[0], Ignored(), _users=expr.users)
+            return StrictCall(_CONVERT, args[0], Ignored(), _users=expr.users)
         if len(expr.fns) == 1 and expr.fns[0] in _COMMUTATIVE and len(args) == 2 and not expr.kwargs:
             if all(isinstance(arg, PatternExpr) and arg.__class__ is not KeywordArg for arg in args):
                 return Commutative(expr.fns, *args, _users=expr.users)
             if expr.fns[0] is aten.add.Tensor:
-                return CallFunction(_ADD_SCALAR_FORMS, *args, _users=expr.users)
+                return StrictCall(_ADD_SCALAR_FORMS, *args, _users=expr.users)
         if expr.fns == [aten.add.Scalar]:
-            return CallFunction(_ADD_SCALAR_FORMS, *args, _users=expr.users)
+            return StrictCall(_ADD_SCALAR_FORMS, *args, _users=expr.users)
         kwargs = {key: rebuilt(value) for key, value in expr.kwargs.items()}
-        return CallFunction(expr.fns, *args, _users=expr.users, **kwargs)
+        return StrictCall(expr.fns, *args, _users=expr.users, **kwargs)
 
     return _rebuild(pattern, widen)
 
@@ -331,7 +349,7 @@ def _copy(expr: PatternExpr, rebuilt: Callable[[Any], Any]) -> PatternExpr:
         return Commutative(expr.fns, *[rebuilt(arg) for arg in expr.args], _users=expr.users)
     if isinstance(expr, CallFunction):
         kwargs = {key: rebuilt(value) for key, value in expr.kwargs.items()}
-        return CallFunction(expr.fns, *[rebuilt(arg) for arg in expr.args], _users=expr.users, **kwargs)
+        return type(expr)(expr.fns, *[rebuilt(arg) for arg in expr.args], _users=expr.users, **kwargs)
     if isinstance(expr, Transparent):
         return Transparent(rebuilt(expr.child))
     return expr

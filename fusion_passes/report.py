@@ -63,9 +63,6 @@ class GraphReport:
 
     def forget_near_misses_outside(self, graph: torch.fx.Graph) -> None:
         """Drop near misses whose node is no longer in ``graph`` (another pattern fused it)."""
-        import os
-        if os.environ.get("KEEP_MISSES"):
-            return
         names = {node.name for node in graph.nodes}
         self.near_misses = [miss for miss in self.near_misses if miss.node in names]
 

@@ -843,6 +843,20 @@ def test_rounding_to_another_half_dtype_does_not_fuse():
     assert any("casts to torch.float16, not to its input's dtype torch.bfloat16" in r for r in reasons), reasons
 
 
+def test_adds_with_alpha_are_not_plain_adds():
+    # torch.add(a, b, alpha=k) is a + k * b: neither a residual sum nor 1 + scale.
+    def chain(residual, x, scale, shift):
+        r = torch.add(residual, x, alpha=0.5)
+        return r, F.layer_norm(r, r.shape[-1:]) * torch.add(scale, 1, alpha=2) + shift
+
+    args = [randn(2, 8, 16), randn(2, 8, 16), randn(2, 1, 16), randn(2, 1, 16)]
+    result = capture(chain, *args)
+    assert result.report.counts() == {}
+    assert any("not 1 + scale" in miss.reason for miss in result.report.near_misses)
+    for out, ref in zip(result.output, chain(*args), strict=True):
+        torch.testing.assert_close(out, ref)
+
+
 def test_device_not_enabled_does_not_fuse():
     result = capture(flux_style, randn(2, 8, 16), randn(2, 48), devices=("cuda",))
     assert result.report.counts() == {}
@@ -866,7 +880,7 @@ def test_dynamic_shapes_that_broadcast_x_up_do_not_fuse():
     assert "does not broadcast to x shape" in result.report.near_misses[0].reason
 
 
-def fake_chain(x, *, producer=None, residual=False):
+def fake_chain(x, *, producer=None, residual=False, select=False):
     """A MatchedChain over fake CUDA tensors: what the size rule sees of a real match."""
     graph = torch.fx.Graph()
 
@@ -883,6 +897,12 @@ def fake_chain(x, *, producer=None, residual=False):
     multiplier = graph.call_function(torch.ops.aten.add.Tensor, (scale, 1))
     multiplier.meta["val"] = modulation
     nodes = {"x": x_node, "multiplier": multiplier, "shift": node("shift", modulation), "eps": 1e-6}
+    if select:  # shift chosen per row between two sets
+        with torch._subclasses.fake_tensor.FakeTensorMode():
+            chosen = torch.empty(*x.shape[:-1], 1, device=x.device, dtype=torch.bool)
+        condition, first, second = node("cond", chosen), node("shift0", modulation), node("shift1", modulation)
+        nodes["shift"] = graph.call_function(torch.ops.aten.where.self, (condition, first, second))
+        nodes["shift"].meta["val"] = x
     y = node("y", x, torch.ops.aten.add.Tensor)
     outputs_ = [y]
     if residual:
@@ -902,8 +922,7 @@ def fake_cuda(*shape):
 @pytest.mark.parametrize(
     ("shape", "producer", "reason"),
     [
-        ((1, 4096, 1024), None, "hidden size 1024 is outside 1152..8192"),
-        ((1, 2048, 16384), None, "hidden size 16384 is outside 1152..8192"),
+        ((1, 4096, 1024), None, "hidden size 1024 is outside 1152..16384"),
         ((1, 64, 3072), None, "x has 196608 elements, below the measured CUDA break-even 1048576"),
         ((1, 4096, 3072), torch.ops.aten.add.Tensor, "below the measured CUDA break-even 16777216 after a pointwise"),
         ((1, 4096, 3072), None, None),
@@ -924,6 +943,17 @@ def test_cuda_size_rule_for_f2_ignores_the_pointwise_producer():
     chain = fake_chain(fake_cuda(1, 4096, 3072), residual=True)
     assert adaln_family._check(chain) is None
     assert adaln_family._cuda_size_rule(chain) is None
+
+
+def test_cuda_size_rule_leaves_residual_sums_with_select01_to_inductor():
+    f1 = fake_chain(fake_cuda(1, 4096, 3072), select=True)
+    assert adaln_family.plan(f1).select is not None
+    assert adaln_family._cuda_size_rule(f1) is None
+    after_residual_add = fake_chain(fake_cuda(2, 4096, 3072), producer=torch.ops.aten.add.Tensor, select=True)
+    assert "select01" in adaln_family._cuda_size_rule(after_residual_add)
+    f2 = fake_chain(fake_cuda(1, 4096, 3072), residual=True, select=True)
+    assert adaln_family._check(f2) is None
+    assert "select01" in adaln_family._cuda_size_rule(f2)
 
 
 @pytest.mark.parametrize(("shape", "fires"), [((1, 4096, 3072), True), ((1, 64, 3072), False), ((1, 4096, 1024), False)])
