@@ -11,8 +11,8 @@ The patterns are generated from one description: each norm spelling (``F.layer_n
 affine, weight, or weight and bias; ``F.rms_norm`` with and without weight; a hand-written
 RMSNorm with float32 statistics that rounds before its weight) is traced in two precisions: as
 the fp32 computation ``N(x.float())`` and as a half-precision norm that rounds its output. F2
-composes each with the residual forms (gated or not; stored as computed or cast back to the
-residual's dtype). ``patterns.generalize`` widens them to either operand order, optional
+composes each with the residual forms (gated or not; the sum stored as computed or cast back
+to the residual's dtype). ``patterns.generalize`` widens them to either operand order, optional
 upcasts, and bf16 or fp16.
 
 The multiplier is a pattern input: the check accepts it only where the graph computes it as
@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch._inductor.pattern_matcher import MultiOutputPattern, PatternExpr
+from torch._inductor.pattern_matcher import MULTIPLE, MultiOutputPattern, PatternExpr
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from fusion_passes.kernels import adaln as adaln_kernels
@@ -40,6 +40,7 @@ from fusion_passes.patterns import (
     FusionFamily,
     MatchedChain,
     NotACandidate,
+    OptionalCast,
     PatternVariant,
     generalize,
     hinted,
@@ -135,26 +136,20 @@ def modulated_norm(
 
 @dataclasses.dataclass(frozen=True)
 class ResidualForm:
-    """How a model writes ``r = residual + gate * x``."""
+    """How a model writes ``r = residual + gate * x`` (the sum may then be cast back to the
+    residual's dtype, the fp32 form ``(residual.float() + x * gate).type_as(residual)``)."""
 
     name: str
     gated: bool
-    cast_back: bool  # the fp32 form: ``(residual.float() + x * gate).type_as(residual)``
 
 
-RESIDUAL_FORMS = tuple(
-    ResidualForm(f"{'residual+gate*x' if gated else 'residual+x'}{'/fp32 form' if cast_back else ''}", gated, cast_back)
-    for gated, cast_back in itertools.product((True, False), (False, True))
-)
+RESIDUAL_FORMS = (ResidualForm("residual+gate*x", gated=True), ResidualForm("residual+x", gated=False))
 
 
-def gated_residual(
-    residual: torch.Tensor, x: torch.Tensor, form: ResidualForm, gate: torch.Tensor | None = None
-) -> torch.Tensor:
+def gated_residual(residual: torch.Tensor, x: torch.Tensor, form: ResidualForm, gate: torch.Tensor | None = None) -> torch.Tensor:
     """F2's first step as traced (upcasts everywhere; generalize makes each optional)."""
     update = x.float() * gate.float() if form.gated else x.float()
-    total = residual.float() + update
-    return total.to(residual.dtype) if form.cast_back else total
+    return residual.float() + update
 
 
 # --- Pattern variants ---------------------------------------------------------------------------
@@ -185,7 +180,11 @@ def _residual_pattern(form: ResidualForm) -> PatternExpr:
     def search(**operands: Any) -> torch.Tensor:
         return gated_residual(form=form, **operands)
 
-    return traced_pattern(with_signature(search, params), [_example(name) for name in params])
+    pattern = traced_pattern(with_signature(search, params), [_example(name) for name in params])
+    # The sum is an output, used by the norm and later; cast back or not, the fused op stores r in
+    # the graph's dtype for it.
+    pattern.users = MULTIPLE
+    return OptionalCast(pattern)
 
 
 def _norm_variants() -> list[tuple[NormForm, str, str]]:

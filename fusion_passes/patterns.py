@@ -215,8 +215,11 @@ class Commutative(StrictCall):
         # Undo the partial match of the first order before trying the second.
         ctx.pattern_to_node = before
         swapped = self.swapped._match(node, ctx)
-        # An intermediate used elsewhere is the more useful failure to explain.
-        return result if not is_match(swapped) and "multiple_users" in str(result) else swapped
+        # An intermediate used elsewhere is the more useful failure to explain. (Read the format
+        # string: formatting a failure prints the whole pattern, which costs seconds per graph.)
+        if not is_match(swapped) and getattr(result, "format_string", "").startswith("multiple_users"):
+            return result
+        return swapped
 
 
 class _SwappedOperands(StrictCall):
@@ -271,6 +274,35 @@ class Transparent(PatternExpr):
 
     def __repr__(self) -> str:
         return f"Transparent({self.child!r})"
+
+
+class OptionalCast(PatternExpr):
+    """``child``, or ``child`` cast to any dtype: for a value whose rounding the family derives
+    from the graph (the residual sum a fused op stores in its own dtype)."""
+
+    def __init__(self, child: PatternExpr) -> None:
+        super().__init__()
+        self.child = child
+
+    def _match(self, node: torch.fx.Node, ctx: MatchContext) -> MatchResult:
+        before = dict(ctx.pattern_to_node)
+        if isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target is _CONVERT:
+            child_match = ctx.match(self.child, node.args[0])
+            if is_match(child_match):
+                match = Match(ctx, self)
+                match.extend(child_match)
+                match.nodes.append(node)
+                return match
+            ctx.pattern_to_node = before
+        child_match = ctx.match(self.child, node)
+        if not is_match(child_match):
+            return child_match
+        match = Match(ctx, self)
+        match.extend(child_match)
+        return match
+
+    def __repr__(self) -> str:
+        return f"OptionalCast({self.child!r})"
 
 
 class NotACandidate(str):
@@ -352,6 +384,8 @@ def _copy(expr: PatternExpr, rebuilt: Callable[[Any], Any]) -> PatternExpr:
         return type(expr)(expr.fns, *[rebuilt(arg) for arg in expr.args], _users=expr.users, **kwargs)
     if isinstance(expr, Transparent):
         return Transparent(rebuilt(expr.child))
+    if isinstance(expr, OptionalCast):
+        return OptionalCast(rebuilt(expr.child))
     return expr
 
 
@@ -438,12 +472,12 @@ def explain_unfused(family: FusionFamily, graph: torch.fx.Graph, report: GraphRe
             if any(node.name in reported for node in nearby):
                 continue
             failures = [
-                str(result)
+                result.format_string
                 for node in nearby
                 for entry in patterns.patterns.get((node.op, node.target), [])
                 if not is_match(result := entry.pattern.match(node))
             ]
-            if any("multiple_users" in failure for failure in failures):
+            if any(failure.startswith("multiple_users") for failure in failures):
                 reason = "an intermediate of the chain is also used outside it"
             else:
                 reason = family.unmatched_reason

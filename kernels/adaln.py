@@ -338,8 +338,11 @@ def _multiprocessors(device: torch.device) -> int:
 _NO_STRIDES = (0, 0, 0, 0)
 
 
-def _pair_args(tensors: tuple[torch.Tensor, ...], shape: torch.Size) -> tuple[object, ...]:
-    # (pointer, else pointer, strides, else strides); absent operands pass x-free placeholders.
+def _pair_args(
+    tensors: tuple[torch.Tensor, ...], shape: torch.Size
+) -> tuple[tuple[torch.Tensor | None, torch.Tensor | None], tuple[int, ...]]:
+    # ((tensor, else tensor), strides + else strides) of a modulation operand; without a selection
+    # both are the one tensor; an absent operand passes None and zero strides.
     if not tensors:
         return (None, None), _NO_STRIDES + _NO_STRIDES
     first, second = tensors[0], tensors[-1]
