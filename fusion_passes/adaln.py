@@ -3,6 +3,8 @@
 - ``adaln`` (F1): ``N(x) * (1 + scale) + shift`` -> ``fusion_passes::norm_modulate``.
 - ``residual_adaln`` (F2): ``r = residual + gate * x``, then F1 on ``r``, where ``r`` is also used
   later -> ``fusion_passes::residual_norm_modulate`` returning both. Applied before ``adaln``.
+- One norm feeding two modulations (SD3.5's dual AdaLN) -> ``fusion_passes::norm_modulate_pair``
+  (part of ``adaln``): x read once, both outputs written.
 - F3 (select01) is not a pattern: where a modulation operand is ``torch.where(cond, a, b)`` with
   one boolean per row (an image-edit model's per-token choice between two modulation sets), the
   fused op takes ``a``, ``b`` and ``cond`` and loads only the chosen row.
@@ -37,6 +39,7 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from fusion_passes.kernels import adaln as adaln_kernels
 from fusion_passes.patterns import (
+    DistinctFrom,
     FusionFamily,
     MatchedChain,
     NotACandidate,
@@ -134,6 +137,27 @@ def modulated_norm(
     return normed if shift is None else normed + shift.float()
 
 
+def modulated_norm_pair(
+    x: torch.Tensor,
+    multiplier: torch.Tensor,
+    shift: torch.Tensor,
+    multiplier2: torch.Tensor,
+    shift2: torch.Tensor,
+    eps: float,
+    form: NormForm,
+    precision: str,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One norm, two modulations (SD3.5's dual AdaLN): ``(n * m + t, n * m2 + t2)``."""
+    affine = {name: tensor for name, tensor in (("weight", weight), ("bias", bias)) if tensor is not None}
+    if precision == "fp32":
+        x = x.float()
+        affine = {name: tensor.float() for name, tensor in affine.items()}
+    normed = form.spelling(x, eps, **affine)
+    return normed * multiplier.float() + shift.float(), normed * multiplier2.float() + shift2.float()
+
+
 @dataclasses.dataclass(frozen=True)
 class ResidualForm:
     """How a model writes ``r = residual + gate * x`` (the sum may then be cast back to the
@@ -174,6 +198,16 @@ def _f1_pattern(form: NormForm, precision: str, with_shift: bool) -> PatternExpr
 
 
 @functools.cache
+def _pair_pattern(form: NormForm, precision: str) -> PatternExpr:
+    params = ("x", "multiplier", "shift", "multiplier2", "shift2", "eps", *form.affine)
+
+    def search(**operands: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return modulated_norm_pair(form=form, precision=precision, **operands)
+
+    return traced_pattern(with_signature(search, params), [_example(name) for name in params], {"eps": EPS_SENTINEL})
+
+
+@functools.cache
 def _residual_pattern(form: ResidualForm) -> PatternExpr:
     params = ("residual", "x", *(("gate",) if form.gated else ()))
 
@@ -199,8 +233,28 @@ def _norm_variants() -> list[tuple[NormForm, str, str]]:
     return variants
 
 
+def _distinct_outputs(pattern: MultiOutputPattern) -> MultiOutputPattern:
+    # Both modulations have the same structure: the second must be found at another node. It is
+    # an output, so any number of users.
+    first, second = pattern.outputs
+    second.users = MULTIPLE
+    return MultiOutputPattern([first, DistinctFrom(second, first)])
+
+
+def _pair_variants() -> list[PatternVariant]:
+    # Tried before the single modulations: their shared norm has two users, which F1 refuses.
+    return [
+        PatternVariant(
+            name=f"{form.name}/{precision}*(1+scale)+shift x2",
+            pattern=lambda form=form, precision=precision: _distinct_outputs(generalize(_pair_pattern(form, precision))),
+            facts=dict(norm=form.norm, affine=form.affine, rounding=rounding, shift=True, residual=None, pair=True),
+        )
+        for form, precision, rounding in _norm_variants()
+    ]
+
+
 def _variants(residual: bool) -> list[PatternVariant]:
-    variants = []
+    variants = [] if residual else _pair_variants()
     residual_forms: Sequence[ResidualForm | None] = RESIDUAL_FORMS if residual else (None,)
     for (form, precision, rounding), with_shift, residual_form in itertools.product(
         _norm_variants(), (True, False), residual_forms
@@ -217,7 +271,9 @@ def _variants(residual: bool) -> list[PatternVariant]:
                 pattern = MultiOutputPattern([substitute(pattern, {"x": head}), head])
             return generalize(pattern)
 
-        facts = dict(norm=form.norm, affine=form.affine, rounding=rounding, shift=with_shift, residual=residual_form)
+        facts = dict(
+            norm=form.norm, affine=form.affine, rounding=rounding, shift=with_shift, residual=residual_form, pair=False
+        )
         variants.append(PatternVariant(name=name, pattern=build, facts=facts))
     return variants
 
@@ -254,6 +310,11 @@ class Plan:
     rounding: str
     residual_dtype: torch.dtype | None
     out_dtype: torch.dtype
+    # The second modulation of a pair (SD3.5's dual AdaLN), else empty.
+    scale2: tuple[torch.fx.Node, ...] = ()
+    scale2_views: tuple[torch.fx.Node, ...] = ()
+    shift2: tuple[torch.fx.Node, ...] = ()
+    out_dtype2: torch.dtype | None = None
 
     def describe(self) -> str:
         """What the report says beyond the variant name."""
@@ -333,6 +394,15 @@ def plan(chain: MatchedChain) -> Plan | str:
             return NotACandidate(reason)
         return reason
     scale, scale_views = split
+    second: dict[str, Any] = {}
+    if facts["pair"]:
+        split2 = _split_multiplier(nodes["multiplier2"])
+        if split2 is None:
+            return f"the norm's second use is multiplied by {nodes['multiplier2']}, which is not 1 + scale"
+        second = dict(
+            scale2=(split2[0],), scale2_views=split2[1], shift2=(nodes["shift2"],),
+            out_dtype2=chain.outputs[1].meta["val"].dtype,
+        )
     residual_form = facts["residual"]
     y_node = chain.outputs[0]
     r_node = chain.outputs[1] if residual_form is not None else None
@@ -344,7 +414,7 @@ def plan(chain: MatchedChain) -> Plan | str:
         # gate * x is symmetric: the pattern may have bound the gate to x.
         x, gate = gate, x
     # F3: operands chosen per row by one condition (views after the choice are not followed).
-    candidates = [gate, nodes.get("shift"), None if scale_views else scale]
+    candidates = [] if second else [gate, nodes.get("shift"), None if scale_views else scale]
     select = next((c for c in (_per_row_condition(n, stream) for n in candidates) if c is not None), None)
     if scale_views:
         scale_nodes = (scale,) * (1 if select is None else 2)
@@ -365,6 +435,7 @@ def plan(chain: MatchedChain) -> Plan | str:
         rounding=facts["rounding"],
         residual_dtype=None if r_node is None else r_node.meta["val"].dtype,
         out_dtype=y_node.meta["val"].dtype,
+        **second,
     )
     for node in chain.match.nodes:
         if node.target is _CONVERT and node.args[1] != torch.float32 and node.args[1] != stream.dtype:
@@ -393,12 +464,17 @@ def _meta_call(chain: MatchedChain, plan_: Plan) -> adaln_kernels.NormModulate:
         scale = tuple(multiplier.to(node.meta["val"].dtype) for node in plan_.scale)
     else:
         scale = tuple(_hint(node) for node in plan_.scale)
+    scale2 = ()
+    if plan_.scale2:
+        multiplier2 = _hint(chain.nodes["multiplier2"]) if plan_.scale2_views else _hint(plan_.scale2[0])
+        scale2 = (multiplier2.to(plan_.scale2[0].meta["val"].dtype),)
     return adaln_kernels.NormModulate(
         x=_hint(plan_.x), residual=_hint(plan_.residual), gate=tuple(_hint(node) for node in plan_.gate),
         weight=_hint(plan_.weight), bias=_hint(plan_.bias), scale=scale,
         shift=tuple(_hint(node) for node in plan_.shift), select=_hint(plan_.select), eps=plan_.eps,
         norm=plan_.norm, scale_plus_one=True, rounding=plan_.rounding, residual_dtype=plan_.residual_dtype,
-        out_dtype=plan_.out_dtype,
+        out_dtype=plan_.out_dtype, scale2=scale2, shift2=tuple(_hint(node) for node in plan_.shift2),
+        out_dtype2=plan_.out_dtype2,
     )
 
 
@@ -412,7 +488,7 @@ def _check(chain: MatchedChain) -> str | None:
     if isinstance(plan_, str):
         return plan_
     x = plan_.x.meta["val"]
-    for name in ("residual", "x", "gate", "weight", "bias", "multiplier", "shift"):
+    for name in ("residual", "x", "gate", "weight", "bias", "multiplier", "shift", "multiplier2", "shift2"):
         tensor = chain.value(name)
         if isinstance(tensor, torch.Tensor) and tensor.device != x.device:
             return f"{name} is on {tensor.device}, x on {x.device}"
@@ -448,6 +524,8 @@ def _cuda_size_rule(chain: MatchedChain) -> str | None:
             f"hidden size {x.shape[-1]} is outside {MIN_CUDA_HIDDEN}..{MAX_CUDA_HIDDEN}, "
             "where the fused op was measured faster on CUDA"
         )
+    if plan_.scale2:
+        return "one norm with two modulations is not measured on CUDA yet (size_rule=False fuses it)"
     after_pointwise = plan_.residual is None and is_pointwise(plan_.x)
     if plan_.select is not None and (plan_.residual is not None or after_pointwise):
         return "a residual sum with a per-row modulation choice (select01) was measured slower than Inductor on CUDA"
@@ -482,6 +560,7 @@ def _replacement(chain: MatchedChain) -> tuple[Callable[..., Any], list[Any]]:
 
     residual, x, weight, bias, select = slots([plan_.residual, plan_.x, plan_.weight, plan_.bias, plan_.select])
     gate, scale, shift = slots(plan_.gate), slots(plan_.scale), slots(plan_.shift)
+    scale2, shift2 = slots(plan_.scale2), slots(plan_.shift2)
 
     def fused(*args: torch.Tensor) -> Any:
         def get(index: int | None) -> torch.Tensor | None:
@@ -490,6 +569,11 @@ def _replacement(chain: MatchedChain) -> tuple[Callable[..., Any], list[Any]]:
         settings = dict(eps=plan_.eps, norm=plan_.norm, scale_plus_one=True, rounding=plan_.rounding)
         scales = [_replay_views(args[i], plan_.scale_views) for i in scale]
         shifts = [args[i] for i in shift]
+        if plan_.scale2:
+            return torch.ops.fusion_passes.norm_modulate_pair(
+                get(x), get(weight), get(bias), scales, shifts, [_replay_views(args[i], plan_.scale2_views) for i in scale2],
+                [args[i] for i in shift2], out_dtype=plan_.out_dtype, out_dtype2=plan_.out_dtype2, **settings,
+            )
         if plan_.residual is None:
             return torch.ops.fusion_passes.norm_modulate(
                 get(x), get(weight), get(bias), scales, shifts, get(select), out_dtype=plan_.out_dtype, **settings
@@ -502,26 +586,36 @@ def _replacement(chain: MatchedChain) -> tuple[Callable[..., Any], list[Any]]:
     return fused, flat
 
 
+# Each fused op's foldable outputs: (output index or None for a single output, dtype argument).
+_FOLDABLE_OUTPUTS = (
+    (torch.ops.fusion_passes.norm_modulate.default, ((None, -1),)),
+    (torch.ops.fusion_passes.residual_norm_modulate.default, ((0, -1),)),
+    (torch.ops.fusion_passes.norm_modulate_pair.default, ((0, -2), (1, -1))),
+)
+
+
 def fold_output_casts(graph: torch.fx.Graph) -> None:
     """Fold ``fused(...).to(dtype)`` into the fused op when it computed in fp32 (nothing rounds twice)."""
-    for target, output_index in ((torch.ops.fusion_passes.norm_modulate.default, None),
-                                 (torch.ops.fusion_passes.residual_norm_modulate.default, 0)):
+    for target, outputs in _FOLDABLE_OUTPUTS:
         for node in graph.find_nodes(op="call_function", target=target):
-            y = node if output_index is None else next(
-                (user for user in node.users if user.target is operator.getitem and user.args[1] == output_index),
-                None,
-            )
-            if y is None or len(y.users) != 1 or y.meta["val"].dtype != torch.float32:
-                continue
-            (cast,) = y.users
-            if cast.target is not _CONVERT or cast.args[1] not in adaln_kernels.SUPPORTED_DTYPES:
-                continue
-            node.update_arg(len(node.args) - 1, cast.args[1])
-            y.meta["val"] = cast.meta["val"]
-            if output_index is not None:
-                node.meta["val"] = (cast.meta["val"], *node.meta["val"][1:])
-            cast.replace_all_uses_with(y)
-            graph.erase_node(cast)
+            for output_index, dtype_index in outputs:
+                y = node if output_index is None else next(
+                    (user for user in node.users if user.target is operator.getitem and user.args[1] == output_index),
+                    None,
+                )
+                if y is None or len(y.users) != 1 or y.meta["val"].dtype != torch.float32:
+                    continue
+                (cast,) = y.users
+                if cast.target is not _CONVERT or cast.args[1] not in adaln_kernels.SUPPORTED_DTYPES:
+                    continue
+                node.update_arg(len(node.args) + dtype_index, cast.args[1])
+                y.meta["val"] = cast.meta["val"]
+                if output_index is not None:
+                    values = list(node.meta["val"])
+                    values[output_index] = cast.meta["val"]
+                    node.meta["val"] = tuple(values)
+                cast.replace_all_uses_with(y)
+                graph.erase_node(cast)
 
 
 _COMMON = dict(

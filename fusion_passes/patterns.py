@@ -305,6 +305,33 @@ class OptionalCast(PatternExpr):
         return f"OptionalCast({self.child!r})"
 
 
+class DistinctFrom(PatternExpr):
+    """``child`` at a node other than the one ``other`` matched: the second of two outputs that
+    have the same shape (two modulations of one norm) must not bind the first one's node again."""
+
+    def __init__(self, child: PatternExpr, other: PatternExpr) -> None:
+        super().__init__()
+        self.child = child
+        self.other = other
+
+    def _match(self, node: torch.fx.Node, ctx: MatchContext) -> MatchResult:
+        if ctx.pattern_to_node.get(self.other) is node:
+            return FailedMatch("same_node_as_another_output {}", node)
+        child_match = ctx.match(self.child, node)
+        if not is_match(child_match):
+            return child_match
+        match = Match(ctx, self)
+        match.extend(child_match)
+        return match
+
+    def find_anchor_nodes(self, ctx: MatchContext, searched: Any) -> Iterator[torch.fx.Node | None]:
+        """Where the child could match (a second output is found from the first one's inputs)."""
+        yield from self.child.find_anchor_nodes(ctx, searched)
+
+    def __repr__(self) -> str:
+        return f"DistinctFrom({self.child!r})"
+
+
 class NotACandidate(str):
     """A check's reason that means "not this family's chain at all": no near miss is reported."""
 
@@ -471,11 +498,14 @@ def explain_unfused(family: FusionFamily, graph: torch.fx.Graph, report: GraphRe
             nearby = _nearby_users(seed, family.seed_hops)
             if any(node.name in reported for node in nearby):
                 continue
+            # Single-output patterns only: a multi-output one fails on a plain chain for its
+            # missing second output, which says nothing about this chain.
             failures = [
                 result.format_string
                 for node in nearby
                 for entry in patterns.patterns.get((node.op, node.target), [])
-                if not is_match(result := entry.pattern.match(node))
+                if not isinstance(entry.pattern, MultiOutputPattern)
+                and not is_match(result := entry.pattern.match(node))
             ]
             if any(failure.startswith("multiple_users") for failure in failures):
                 reason = "an intermediate of the chain is also used outside it"

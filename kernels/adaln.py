@@ -1,8 +1,10 @@
-"""AdaLN: a norm followed by modulation (SPEC.md F1, F2, F3), as two custom ops on one kernel.
+"""AdaLN: a norm followed by modulation (SPEC.md F1, F2, F3), as three custom ops on one kernel.
 
 - ``fusion_passes::norm_modulate``: ``y = N(x) * (1 + scale) + shift`` (F1).
 - ``fusion_passes::residual_norm_modulate``: ``r = residual + gate * x; y = N(r) * (1 + scale) + shift``,
   returning ``(y, r)`` (F2).
+- ``fusion_passes::norm_modulate_pair``: one norm, two modulations (SD3.5's dual AdaLN): one
+  read of x, both outputs.
 
 ``N`` is LayerNorm or RMSNorm over the last dim with optional weight (and bias, LayerNorm only).
 Every modulation operand (gate, scale, shift) is a list of one tensor, or of two when ``select``
@@ -61,6 +63,10 @@ class NormModulate:
     rounding: str
     residual_dtype: torch.dtype | None
     out_dtype: torch.dtype
+    # A second modulation of the same normalized value (F1 only): one read of x, two outputs.
+    scale2: tuple[torch.Tensor, ...] = ()
+    shift2: tuple[torch.Tensor, ...] = ()
+    out_dtype2: torch.dtype | None = None
 
     @property
     def norm_input_dtype(self) -> torch.dtype:
@@ -69,7 +75,10 @@ class NormModulate:
 
     def modulation(self) -> tuple[tuple[str, tuple[torch.Tensor, ...]], ...]:
         """(name, tensors) of every modulation operand that is present."""
-        return tuple((name, tensors) for name, tensors in (("gate", self.gate), ("scale", self.scale), ("shift", self.shift)) if tensors)
+        operands = (
+            ("gate", self.gate), ("scale", self.scale), ("shift", self.shift), ("scale2", self.scale2), ("shift2", self.shift2)
+        )
+        return tuple((name, tensors) for name, tensors in operands if tensors)
 
 
 def _chosen(tensors: tuple[torch.Tensor, ...], select: torch.Tensor | None) -> torch.Tensor | None:
@@ -79,7 +88,10 @@ def _chosen(tensors: tuple[torch.Tensor, ...], select: torch.Tensor | None) -> t
 
 
 def reference(call: NormModulate) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Pure-torch ``(y, r)`` with fp32 math (fp64 for fp64 inputs) and the unfused graph's roundings."""
+    """Pure-torch ``(y, second)`` with fp32 math (fp64 for fp64 inputs) and the graph's roundings.
+
+    ``second`` is the stored residual r (F2), the second modulation (a pair), or None.
+    """
     work = torch.float64 if call.x.dtype == torch.float64 else torch.float32
     gate, scale, shift = (_chosen(tensors, call.select) for tensors in (call.gate, call.scale, call.shift))
     residual_out = None
@@ -99,11 +111,19 @@ def reference(call: NormModulate) -> tuple[torch.Tensor, torch.Tensor | None]:
         value = value + call.bias.to(work)
     if call.rounding == "after_affine":
         value = value.to(call.norm_input_dtype).to(work)
-    value = value * (1 + scale.to(work) if call.scale_plus_one else scale.to(work))
-    if shift is not None:
-        value = value + shift.to(work)
+    if call.scale2:
+        # The second modulation: returned in place of r (the pair op has no residual).
+        residual_out = _modulate(value, call.scale2[0], call.shift2[0] if call.shift2 else None, call.scale_plus_one)
+        residual_out = residual_out.to(call.out_dtype2)
+    value = _modulate(value, scale, shift, call.scale_plus_one)
     y = value.to(call.out_dtype).contiguous()
     return y, None if residual_out is None else residual_out.contiguous()
+
+
+def _modulate(value: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor | None, plus_one: bool) -> torch.Tensor:
+    scale = scale.to(value.dtype)
+    value = value * (1 + scale if plus_one else scale)
+    return value if shift is None else value + shift.to(value.dtype)
 
 
 def unsupported_reason(call: NormModulate) -> str | None:
@@ -115,7 +135,7 @@ def unsupported_reason(call: NormModulate) -> str | None:
     for name, tensor in tensors:
         if tensor is not None and tensor.dtype not in SUPPORTED_DTYPES:
             return f"{name} dtype {tensor.dtype} is not one of {sorted(map(str, SUPPORTED_DTYPES))}"
-    for name, dtype in (("out_dtype", call.out_dtype), ("residual_dtype", call.residual_dtype)):
+    for name, dtype in (("out_dtype", call.out_dtype), ("residual_dtype", call.residual_dtype), ("out_dtype2", call.out_dtype2)):
         if dtype is not None and dtype not in SUPPORTED_DTYPES:
             return f"{name} {dtype} is not one of {sorted(map(str, SUPPORTED_DTYPES))}"
     if not 2 <= x.dim() <= 4:
@@ -159,6 +179,10 @@ def _argument_error(call: NormModulate) -> str | None:
         return "residual_dtype: expected exactly when residual is given"
     if call.residual is None and call.gate:
         return "gate: expected only with a residual"
+    if call.scale2 and (call.residual is not None or call.select is not None):
+        return "scale2: a second modulation is supported without residual and select only"
+    if bool(call.scale2) != (call.out_dtype2 is not None) or len(call.scale2) > 1 or len(call.shift2) > int(bool(call.scale2)):
+        return "scale2: expected one tensor (shift2 at most one) exactly when out_dtype2 is given"
     expected = 1 if call.select is None else 2
     for name, tensors in call.modulation():
         if len(tensors) != expected:
@@ -197,8 +221,8 @@ def _modulation(
 @triton.jit
 def _norm_modulate_kernel(
     x_ptr, residual_ptr, gate_ptr, gate_else_ptr, weight_ptr, bias_ptr,
-    scale_ptr, scale_else_ptr, shift_ptr, shift_else_ptr, select_ptr,
-    out_ptr, residual_out_ptr,
+    scale_ptr, scale_else_ptr, shift_ptr, shift_else_ptr, select_ptr, scale2_ptr, shift2_ptr,
+    out_ptr, residual_out_ptr, out2_ptr,
     dim1, dim2, hidden, eps,
     x_s0, x_s1, x_s2, x_sc,
     res_s0, res_s1, res_s2, res_sc,
@@ -206,10 +230,12 @@ def _norm_modulate_kernel(
     scale_s0, scale_s1, scale_s2, scale_sc, scale_e0, scale_e1, scale_e2, scale_ec,
     shift_s0, shift_s1, shift_s2, shift_sc, shift_e0, shift_e1, shift_e2, shift_ec,
     select_s0, select_s1, select_s2,
+    scale2_s0, scale2_s1, scale2_s2, scale2_sc, shift2_s0, shift2_s1, shift2_s2, shift2_sc,
     IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_GATE: tl.constexpr,
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     ROUND_BEFORE_WEIGHT: tl.constexpr, ROUND_AFTER_AFFINE: tl.constexpr,
     SCALE_PLUS_ONE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_SELECT: tl.constexpr, HOISTED: tl.constexpr,
+    HAS_SECOND: tl.constexpr, HAS_SHIFT2: tl.constexpr,
     BLOCK_ROWS: tl.constexpr, BLOCK_HIDDEN: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     # Rows are indexed by three leading dims (i0, i1, i2): x's leading dims left-padded with 1.
@@ -217,7 +243,8 @@ def _norm_modulate_kernel(
     # blocks of the slice's rows (i2), keeping each row in registers: one read of every input,
     # one write of every output. Each operand brings its own strides, so chunk views and broadcast
     # (stride 0) operands are read in place; modulation constant over i2 (``[B, 1, C]``, per
-    # frame) is HOISTED: loaded once per program, not once per row.
+    # frame) is HOISTED: loaded once per program, not once per row. HAS_SECOND: a second
+    # modulation of the same normalized row goes to out2.
     slice_id = tl.program_id(1).to(tl.int64)
     i0 = slice_id // dim1
     i1 = slice_id % dim1
@@ -234,6 +261,7 @@ def _norm_modulate_kernel(
     gate_base, gate_else_base = i0 * gate_s0 + i1 * gate_s1, i0 * gate_e0 + i1 * gate_e1
     scale_base, scale_else_base = i0 * scale_s0 + i1 * scale_s1, i0 * scale_e0 + i1 * scale_e1
     shift_base, shift_else_base = i0 * shift_s0 + i1 * shift_s1, i0 * shift_e0 + i1 * shift_e1
+    scale2_base, shift2_base = i0 * scale2_s0 + i1 * scale2_s1, i0 * shift2_s0 + i1 * shift2_s1
     # Placeholders where nothing is hoisted (HOISTED and the HAS_* flags are compile-time).
     gate_row = 0.0
     gate_else_row = 0.0
@@ -241,6 +269,8 @@ def _norm_modulate_kernel(
     scale_else_row = 0.0
     shift_row = 0.0
     shift_else_row = 0.0
+    scale2_row = 0.0
+    shift2_row = 0.0
     if HOISTED:
         scale_row = _modulation_row(scale_ptr, scale_base, scale_sc, cols, col_mask)
         scale_else_row = _modulation_row(scale_else_ptr, scale_else_base, scale_ec, cols, col_mask)
@@ -250,6 +280,10 @@ def _norm_modulate_kernel(
         if HAS_GATE:
             gate_row = _modulation_row(gate_ptr, gate_base, gate_sc, cols, col_mask)
             gate_else_row = _modulation_row(gate_else_ptr, gate_else_base, gate_ec, cols, col_mask)
+        if HAS_SECOND:
+            scale2_row = _modulation_row(scale2_ptr, scale2_base, scale2_sc, cols, col_mask)
+            if HAS_SHIFT2:
+                shift2_row = _modulation_row(shift2_ptr, shift2_base, shift2_sc, cols, col_mask)
 
     n_blocks = tl.cdiv(dim2, BLOCK_ROWS)
     for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0), num_stages=NUM_STAGES):
@@ -289,6 +323,20 @@ def _norm_modulate_kernel(
             value = value + bias
         if ROUND_AFTER_AFFINE:
             value = value.to(norm_dtype).to(tl.float32)
+        if HAS_SECOND:
+            scale2 = _modulation(
+                scale2_ptr, scale2_ptr, scale2_base, scale2_base, scale2_s2, scale2_s2, scale2_sc, scale2_sc,
+                scale2_row, scale2_row, i2, cols, mask, chosen, False, HOISTED,
+            )
+            if SCALE_PLUS_ONE:
+                scale2 = scale2 + 1.0
+            second = value * scale2
+            if HAS_SHIFT2:
+                second = second + _modulation(
+                    shift2_ptr, shift2_ptr, shift2_base, shift2_base, shift2_s2, shift2_s2, shift2_sc, shift2_sc,
+                    shift2_row, shift2_row, i2, cols, mask, chosen, False, HOISTED,
+                )
+            tl.store(out2_ptr + out_offsets, second.to(out2_ptr.dtype.element_ty), mask=mask, eviction_policy="evict_first")
         scale = _modulation(
             scale_ptr, scale_else_ptr, scale_base, scale_else_base, scale_s2, scale_e2, scale_sc, scale_ec,
             scale_row, scale_else_row, i2, cols, mask, chosen, HAS_SELECT, HOISTED,
@@ -356,18 +404,21 @@ def _launch(
     x = call.x
     hidden = x.shape[-1]
     if out is None:
-        residual_out = None
-        if call.residual is not None:
-            residual_out = torch.empty(x.shape, dtype=call.residual_dtype, device=x.device)
-        out = (torch.empty(x.shape, dtype=call.out_dtype, device=x.device), residual_out)
-    out, residual_out = out
+        second_dtype = call.residual_dtype if call.residual is not None else call.out_dtype2
+        second = None if second_dtype is None else torch.empty(x.shape, dtype=second_dtype, device=x.device)
+        out = (torch.empty(x.shape, dtype=call.out_dtype, device=x.device), second)
+    # The second output is r (F2) or the second modulation (pair), never both.
+    out, second = out
+    residual_out, out2 = (second, None) if call.residual is not None else (None, second)
     n_rows = out.numel() // hidden
     if n_rows == 0:
-        return out, residual_out
+        return out, second
     leading = collapse_leading_dims(x.shape)
     (gate, gate_else), gate_strides = _pair_args(call.gate, x.shape)
     (scale, scale_else), scale_strides = _pair_args(call.scale, x.shape)
     (shift, shift_else), shift_strides = _pair_args(call.shift, x.shape)
+    (scale2, _), scale2_strides = _pair_args(call.scale2, x.shape)
+    (shift2, _), shift2_strides = _pair_args(call.shift2, x.shape)
     residual_strides = broadcast_strides(call.residual, x.shape) if call.residual is not None else _NO_STRIDES
     select_strides = broadcast_strides(call.select, x.shape)[:3] if call.select is not None else (0, 0, 0)
     config = config or launch_config(hidden)
@@ -376,36 +427,42 @@ def _launch(
     if config.programs_per_sm:
         n_programs = min(n_programs, triton.cdiv(config.programs_per_sm * _multiprocessors(x.device), slices))
     # Modulation constant over the last leading dim is loaded once per program.
-    hoisted = all(strides[2] == 0 for strides in (gate_strides[:4], gate_strides[4:], scale_strides[:4],
-                                                  scale_strides[4:], shift_strides[:4], shift_strides[4:]))
+    hoisted = all(
+        strides[2] == 0
+        for pair_strides in (gate_strides, scale_strides, shift_strides, scale2_strides, shift2_strides)
+        for strides in (pair_strides[:4], pair_strides[4:])
+    )
     _norm_modulate_kernel[(n_programs, slices)](
         x, call.residual, gate, gate_else, call.weight, call.bias,
-        scale, scale_else, shift, shift_else, call.select,
-        out, residual_out,
+        scale, scale_else, shift, shift_else, call.select, scale2, shift2,
+        out, residual_out, out2,
         leading[1], leading[2], hidden, call.eps,
         *broadcast_strides(x, x.shape), *residual_strides, *gate_strides, *scale_strides, *shift_strides, *select_strides,
+        *scale2_strides[:4], *shift2_strides[:4],
         IS_RMS=call.norm == "rms", HAS_RESIDUAL=call.residual is not None, HAS_GATE=bool(call.gate),
         HAS_WEIGHT=call.weight is not None, HAS_BIAS=call.bias is not None,
         ROUND_BEFORE_WEIGHT=call.rounding == "before_weight", ROUND_AFTER_AFFINE=call.rounding == "after_affine",
         SCALE_PLUS_ONE=call.scale_plus_one, HAS_SHIFT=bool(call.shift), HAS_SELECT=call.select is not None,
-        HOISTED=hoisted, BLOCK_ROWS=config.block_rows, BLOCK_HIDDEN=triton.next_power_of_2(hidden),
+        HOISTED=hoisted, HAS_SECOND=bool(call.scale2), HAS_SHIFT2=bool(call.shift2), BLOCK_ROWS=config.block_rows, BLOCK_HIDDEN=triton.next_power_of_2(hidden),
         NUM_STAGES=config.num_stages, num_warps=config.num_warps,
     )
-    return out, residual_out
+    return out, second
 
 
 def norm_modulate_triton(
     call: NormModulate, config: LaunchConfig | None = None, out: tuple[torch.Tensor, torch.Tensor | None] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Run the one-pass kernel on ``call`` after checking it; returns ``(y, r)`` (r None for F1).
+    """Run the one-pass kernel on ``call`` after checking it; returns ``(y, second)``.
 
-    ``out``, if given, is ``(y, r)`` to write into: contiguous, x's shape, the call's dtypes.
+    ``second`` is r for F2, the second modulation for a pair, else None. ``out``, if given, is
+    ``(y, second)`` to write into: contiguous, x's shape, the call's dtypes.
     """
     reason = _argument_error(call) or unsupported_reason(call)
     if reason is not None:
         raise ValueError(f"norm_modulate_triton: {reason}")
     if out is not None:
-        expected = ((call.out_dtype, "out[0]"),) + (((call.residual_dtype, "out[1]"),) if call.residual is not None else ())
+        second_dtype = call.residual_dtype if call.residual is not None else call.out_dtype2
+        expected = ((call.out_dtype, "out[0]"),) + (((second_dtype, "out[1]"),) if second_dtype is not None else ())
         for (dtype, name), tensor in zip(expected, out, strict=False):
             if tensor is None or tensor.shape != call.x.shape or tensor.dtype != dtype or not tensor.is_contiguous():
                 got = "None" if tensor is None else f"{tensor.dtype} {tuple(tensor.shape)} with strides {tensor.stride()}"
@@ -414,7 +471,8 @@ def norm_modulate_triton(
 
 
 def _run(call: NormModulate) -> tuple[torch.Tensor, torch.Tensor | None]:
-    # The ops' implementation on every device: the kernel where it runs, else the reference.
+    # The ops' implementation on every device: the kernel where it runs, else the reference;
+    # (y, r or the second modulation or None).
     error = _argument_error(call)
     if error is not None:
         raise ValueError(error)
@@ -485,3 +543,35 @@ def _residual_norm_modulate_fake(
         torch.empty(x.shape, dtype=out_dtype, device=x.device),
         torch.empty(x.shape, dtype=residual_dtype, device=x.device),
     )
+
+
+@torch.library.custom_op("fusion_passes::norm_modulate_pair", mutates_args=())
+def norm_modulate_pair(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    scale: Sequence[torch.Tensor],
+    shift: Sequence[torch.Tensor],
+    scale2: Sequence[torch.Tensor],
+    shift2: Sequence[torch.Tensor],
+    eps: float,
+    norm: str,
+    scale_plus_one: bool,
+    rounding: str,
+    out_dtype: torch.dtype,
+    out_dtype2: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """F1 twice on one norm: ``n = N(x)``; ``(n * (1 + scale) + shift, n * (1 + scale2) + shift2)``."""
+    call = NormModulate(
+        x, None, (), weight, bias, tuple(scale), tuple(shift), None, eps, norm, scale_plus_one, rounding, None,
+        out_dtype, tuple(scale2), tuple(shift2), out_dtype2,
+    )
+    y, y2 = _run(call)
+    return y, y2
+
+
+@norm_modulate_pair.register_fake
+def _norm_modulate_pair_fake(
+    x, weight, bias, scale, shift, scale2, shift2, eps, norm, scale_plus_one, rounding, out_dtype, out_dtype2
+):
+    return torch.empty(x.shape, dtype=out_dtype, device=x.device), torch.empty(x.shape, dtype=out_dtype2, device=x.device)

@@ -103,6 +103,21 @@ def test_select01_reads_the_chosen_set_per_row(residual):
     torch.testing.assert_close(adaln.norm_modulate_triton(c)[0], adaln.norm_modulate_triton(materialized)[0])
 
 
+@pytest.mark.parametrize("hoisted", [True, False])
+def test_pair_writes_both_modulations_of_one_norm(hoisted):
+    x = torch.randn(2, 7, 45, dtype=torch.bfloat16, device=DEVICE)
+    if hoisted:
+        shift, scale, _, shift2, scale2 = modulation(2, 45, torch.bfloat16, count=5)
+    else:
+        shift, scale, shift2, scale2 = (torch.randn(2, 7, 45, dtype=torch.bfloat16, device=DEVICE) for _ in range(4))
+    c = dataclasses.replace(call(x, scale, shift), scale2=(scale2,), shift2=(shift2,), out_dtype2=torch.float32)
+    y, y2 = adaln.norm_modulate_triton(c, out=poisoned(c)[:1] + (torch.full(x.shape, float("nan"), device=DEVICE),))
+    assert not y.isnan().any() and not y2.isnan().any()
+    assert y2.dtype == torch.float32
+    for out, single in ((y, call(x, scale, shift)), (y2, call(x, scale2, shift2))):
+        assert relative_error(out, fp64(single)[0]) < TOLERANCE[torch.bfloat16]
+
+
 @pytest.mark.parametrize("rounding", ["before_weight", "after_affine"])
 def test_rounding_points_follow_the_unfused_graph(rounding):
     # The reference rounds where the graph casts (not after every half op, which Inductor skips too).
@@ -241,6 +256,11 @@ BAD_SETTINGS = {
     "no scale": (dict(scale=()), "scale: expected one or two tensors, got none"),
     "select without pairs": (dict(select=torch.ones(2, 4, 1, dtype=torch.bool)), "scale: expected 2 tensor(s) (with select), got 1"),
     "gate without residual": (dict(gate=(torch.randn(8),)), "gate: expected only with a residual"),
+    "second modulation with a residual": (
+        dict(residual=torch.randn(2, 4, 8), residual_dtype=torch.float32, scale2=(torch.randn(8),), out_dtype2=torch.float32),
+        "scale2: a second modulation is supported without residual and select only",
+    ),
+    "second modulation without its dtype": (dict(scale2=(torch.randn(8),)), "scale2: expected one tensor"),
     "residual without dtype": (dict(residual=torch.randn(2, 4, 8)), "residual_dtype: expected exactly when residual is given"),
 }
 
@@ -271,6 +291,14 @@ def f1_sample(dtype=torch.float32, **kwargs):
 
 
 OPCHECK_SAMPLES = {
+    "pair": (
+        torch.ops.fusion_passes.norm_modulate_pair.default,
+        lambda: dict(
+            **{key: value for key, value in f1_sample().items() if key != "select"},
+            scale2=[torch.randn(2, 1, 16, device=DEVICE)], shift2=[torch.randn(2, 1, 16, device=DEVICE)],
+            out_dtype2=torch.float32,
+        ),
+    ),
     "F1 chunk views": (torch.ops.fusion_passes.norm_modulate.default, lambda: f1_sample()),
     "F1 rms, bf16, weight, rounding": (
         torch.ops.fusion_passes.norm_modulate.default,

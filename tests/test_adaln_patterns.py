@@ -80,6 +80,13 @@ def per_frame_modulation(x, scale, shift):
     return F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale) + shift
 
 
+def one_norm_two_modulations(x, emb):
+    """SD3.5's dual AdaLN: one no-affine LN, modulated twice (attention and its second branch)."""
+    shift, scale, _gate, shift2, scale2, _gate2 = emb.chunk(6, dim=1)
+    normed = F.layer_norm(x, x.shape[-1:], eps=1e-6)
+    return normed * (1 + scale[:, None]) + shift[:, None], normed * (1 + scale2[:, None]) + shift2[:, None]
+
+
 # --- F2 spellings --------------------------------------------------------------------------------
 
 
@@ -428,6 +435,57 @@ class <lambda>(torch.nn.Module):
         norm_modulate_default: "f32[2, 3, 4, 16]" = torch.ops.fusion_passes.norm_modulate.default(view, None, None, [arg0_1], [arg2_1], None, 1e-06, 'layer', True, 'none', torch.float32)
         return (norm_modulate_default,)
 """)
+
+    def test_f1_one_norm_two_modulations_bf16(self):
+        args = [randn(2, 8, 16, dtype=torch.bfloat16), randn(2, 96, dtype=torch.bfloat16)]
+        result = self.check(one_norm_two_modulations, args, torch.bfloat16, {"adaln": 1})
+        self.assertExpectedInline(result.before, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "bf16[2, 96]", arg1_1: "bf16[2, 8, 16]"):
+        split = torch.ops.aten.split.Tensor(arg0_1, 16, 1)
+        getitem: "bf16[2, 16]" = split[0]
+        getitem_1: "bf16[2, 16]" = split[1]
+        getitem_3: "bf16[2, 16]" = split[3]
+        getitem_4: "bf16[2, 16]" = split[4]
+        convert_element_type: "f32[2, 8, 16]" = torch.ops.prims.convert_element_type.default(arg1_1, torch.float32)
+        var_mean = torch.ops.aten.var_mean.correction(convert_element_type, [2], correction = 0, keepdim = True)
+        getitem_6: "f32[2, 8, 1]" = var_mean[0]
+        getitem_7: "f32[2, 8, 1]" = var_mean[1]
+        sub: "f32[2, 8, 16]" = torch.ops.aten.sub.Tensor(convert_element_type, getitem_7)
+        add: "f32[2, 8, 1]" = torch.ops.aten.add.Tensor(getitem_6, 1e-06)
+        rsqrt: "f32[2, 8, 1]" = torch.ops.aten.rsqrt.default(add)
+        mul: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(sub, rsqrt)
+        convert_element_type_1: "bf16[2, 8, 16]" = torch.ops.prims.convert_element_type.default(mul, torch.bfloat16)
+        unsqueeze: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_1, 1)
+        add_1: "bf16[2, 1, 16]" = torch.ops.aten.add.Tensor(unsqueeze, 1)
+        mul_1: "bf16[2, 8, 16]" = torch.ops.aten.mul.Tensor(convert_element_type_1, add_1)
+        unsqueeze_1: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem, 1)
+        add_2: "bf16[2, 8, 16]" = torch.ops.aten.add.Tensor(mul_1, unsqueeze_1)
+        unsqueeze_2: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_4, 1)
+        add_3: "bf16[2, 1, 16]" = torch.ops.aten.add.Tensor(unsqueeze_2, 1)
+        mul_2: "bf16[2, 8, 16]" = torch.ops.aten.mul.Tensor(convert_element_type_1, add_3)
+        unsqueeze_3: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_3, 1)
+        add_4: "bf16[2, 8, 16]" = torch.ops.aten.add.Tensor(mul_2, unsqueeze_3)
+        return (add_2, add_4)
+""")
+        self.assertExpectedInline(result.after, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "bf16[2, 96]", arg1_1: "bf16[2, 8, 16]"):
+        split = torch.ops.aten.split.Tensor(arg0_1, 16, 1)
+        getitem: "bf16[2, 16]" = split[0]
+        getitem_1: "bf16[2, 16]" = split[1]
+        getitem_3: "bf16[2, 16]" = split[3]
+        getitem_4: "bf16[2, 16]" = split[4]
+        unsqueeze: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_1, 1)
+        unsqueeze_1: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem, 1)
+        unsqueeze_2: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_4, 1)
+        unsqueeze_3: "bf16[2, 1, 16]" = torch.ops.aten.unsqueeze.default(getitem_3, 1)
+        norm_modulate_pair_default = torch.ops.fusion_passes.norm_modulate_pair.default(arg1_1, None, None, [unsqueeze_2], [unsqueeze_3], [unsqueeze], [unsqueeze_1], 1e-06, 'layer', True, 'after_affine', torch.bfloat16, torch.bfloat16)
+        getitem_8: "bf16[2, 8, 16]" = norm_modulate_pair_default[0]
+        getitem_9: "bf16[2, 8, 16]" = norm_modulate_pair_default[1]
+        return (getitem_9, getitem_8)
+""")
+        self.assertTrue(result.report.fused[0].pattern.endswith(" x2"))
 
     def test_f2_gated_residual_bf16(self):
         args = [randn(2, 8, 16, dtype=torch.bfloat16), randn(2, 8, 16, dtype=torch.bfloat16), randn(2, 48, dtype=torch.bfloat16)]
@@ -833,6 +891,17 @@ def test_near_miss_does_not_fuse_and_says_why(name):
         torch.testing.assert_close(out, ref)
 
 
+def test_second_modulation_without_one_plus_does_not_fuse():
+    def chain(x, scale, shift, weight2):
+        normed = F.layer_norm(x, x.shape[-1:])
+        return normed * (1 + scale) + shift, normed * weight2 + shift
+
+    args = [randn(2, 8, 16), randn(2, 1, 16), randn(2, 1, 16), randn(2, 1, 16)]
+    result = capture(chain, *args)
+    assert result.report.counts() == {}
+    assert any("not 1 + scale" in miss.reason for miss in result.report.near_misses)
+
+
 def test_rounding_to_another_half_dtype_does_not_fuse():
     # A bf16 x normalized, rounded to its fp16 weight's dtype: the kernel rounds only to x's dtype.
     args = [randn(2, 8, 16, dtype=torch.bfloat16), randn(16, dtype=torch.float16)]
@@ -910,7 +979,7 @@ def fake_chain(x, *, producer=None, residual=False, select=False):
         outputs_.append(node("r", x, torch.ops.aten.add.Tensor))
         graph.call_function(torch.ops.aten.relu.default, (outputs_[1],))  # r used after the chain
     match = types.SimpleNamespace(kwargs=nodes, nodes=[y], output_nodes=lambda: outputs_)
-    variant = types.SimpleNamespace(facts=dict(norm="layer", rounding="none", residual="gated" if residual else None))
+    variant = types.SimpleNamespace(facts=dict(norm="layer", rounding="none", residual="gated" if residual else None, pair=False))
     return fusion_passes.patterns.MatchedChain(match=match, variant=variant)
 
 
@@ -954,6 +1023,21 @@ def test_cuda_size_rule_leaves_residual_sums_with_select01_to_inductor():
     f2 = fake_chain(fake_cuda(1, 4096, 3072), residual=True, select=True)
     assert adaln_family._check(f2) is None
     assert "select01" in adaln_family._cuda_size_rule(f2)
+
+
+def test_cuda_size_rule_leaves_unmeasured_pairs_to_inductor():
+    chain = fake_chain(fake_cuda(1, 4096, 3072))
+    graph = chain.match.kwargs["x"].graph
+    second = graph.call_function(torch.ops.aten.add.Tensor, (chain.match.kwargs["shift"], 1))
+    second.meta["val"] = chain.match.kwargs["shift"].meta["val"]
+    chain.match.kwargs.update(multiplier2=second, shift2=chain.match.kwargs["shift"])
+    y = chain.outputs[0]
+    second_output = graph.call_function(torch.ops.aten.add.Tensor, ())
+    second_output.meta["val"] = y.meta["val"]
+    chain.match.output_nodes = lambda: [y, second_output]
+    chain.variant.facts["pair"] = True
+    assert adaln_family._check(chain) is None
+    assert "not measured on CUDA" in adaln_family._cuda_size_rule(chain)
 
 
 @pytest.mark.parametrize(("shape", "fires"), [((1, 4096, 3072), True), ((1, 64, 3072), False), ((1, 4096, 1024), False)])
