@@ -133,6 +133,13 @@ def select01_residual_adaln(
     return r, F.layer_norm(r, r.shape[-1:], eps=1e-6) * (1 + scale) + shift
 
 
+def adaln_pair(x: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One norm, two modulations (SD3.5's dual AdaLN)."""
+    shift, scale, _gate, shift2, scale2, _gate2 = emb.chunk(6, dim=1)
+    normed = F.layer_norm(x, x.shape[-1:], eps=1e-6)
+    return normed * (1 + scale[:, None]) + shift[:, None], normed * (1 + scale2[:, None]) + shift2[:, None]
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:
     """A chain to time: its function, the kernel-only version (if any), inputs and minimum bytes."""
@@ -171,6 +178,7 @@ CASES = {
     "F2 fp32 form": Case("F2 fp32 form (Wan)", residual_adaln_fp32_form, None, n_activations=2, n_outputs=2, n_modulations=3),
     "F3": Case("F3 select01 F1", select01_adaln, None, n_activations=1, n_outputs=1, select01=True),
     "F3+F2": Case("F3 select01 F2", select01_residual_adaln, None, n_activations=2, n_outputs=2, n_modulations=3, select01=True),
+    "F1 pair": Case("F1 one norm, two modulations", adaln_pair, None, n_activations=1, n_outputs=2, n_modulations=4),
 }
 
 
@@ -336,7 +344,7 @@ F2_SHAPES = [
     (1, 4096, 512),
 ]
 # The other variants at the SPEC.md shapes, plus a small one.
-VARIANTS = ("F1 rms", "F1 fp32 form", "F2 fp32 form", "F3", "F3+F2")
+VARIANTS = ("F1 rms", "F1 fp32 form", "F2 fp32 form", "F3", "F3+F2", "F1 pair")
 VARIANT_SHAPES = [(1, 4096, 3072), (1, 32760, 1536), (1, 256, 3072)]
 
 

@@ -488,10 +488,12 @@ def _check(chain: MatchedChain) -> str | None:
     if isinstance(plan_, str):
         return plan_
     x = plan_.x.meta["val"]
-    for name in ("residual", "x", "gate", "weight", "bias", "multiplier", "shift", "multiplier2", "shift2"):
-        tensor = chain.value(name)
-        if isinstance(tensor, torch.Tensor) and tensor.device != x.device:
-            return f"{name} is on {tensor.device}, x on {x.device}"
+    for name in ("residual", "gate", "weight", "bias", "scale", "shift", "select", "scale2", "shift2"):
+        nodes = getattr(plan_, name)
+        for node in nodes if isinstance(nodes, tuple) else (nodes,):
+            tensor = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+            if isinstance(tensor, torch.Tensor) and tensor.device != x.device:
+                return f"{name} is on {tensor.device}, x on {x.device}"
     try:
         call = _meta_call(chain, plan_)
     except _DataDependent as error:
