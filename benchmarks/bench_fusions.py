@@ -73,13 +73,17 @@ def adaln_f1(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
 
 
+def f1_call(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> adaln_kernels.NormModulate:
+    """The kernel's call for ``LN(x) * (1 + scale) + shift`` (no affine, eps 1e-6)."""
+    return adaln_kernels.NormModulate(
+        x, None, (), None, None, (scale,), (shift,), None, 1e-6, "layer", True, "none", None, x.dtype
+    )
+
+
 def adaln_f1_kernel(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
     """``adaln_f1`` through the Triton kernel directly, whatever the pass would decide."""
     shift, scale, _gate = emb.chunk(6, dim=1)[:3]
-    call = adaln_kernels.NormModulate(
-        x, None, (), None, None, (scale[:, None],), (shift[:, None],), None, 1e-6, "layer", True, "none", None, x.dtype
-    )
-    return adaln_kernels.norm_modulate_triton(call)[0]
+    return adaln_kernels.norm_modulate_triton(f1_call(x, scale[:, None], shift[:, None]))[0]
 
 
 def adaln_f1_rms(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -110,13 +114,17 @@ def residual_adaln_fp32_form(residual: torch.Tensor, x: torch.Tensor, emb: torch
     return r, (F.layer_norm(r.float(), r.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]).type_as(r)
 
 
+def chosen_modulation(index: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Qwen-Image edit's choice: (shift, scale, gate) of set 0 where ``index == 0``, else of set 1."""
+    sets = emb.chunk(2, dim=0)
+    (shift0, scale0, gate0), (shift1, scale1, gate1) = (s.chunk(6, dim=1)[:3] for s in sets)
+    chosen = index[..., None] == 0
+    return tuple(torch.where(chosen, a[:, None], b[:, None]) for a, b in ((shift0, shift1), (scale0, scale1), (gate0, gate1)))
+
+
 def select01_adaln(x: torch.Tensor, index: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
     """F3 as Qwen-Image edit writes it: per token, modulation set 0 or 1 by ``index == 0``."""
-    sets = emb.chunk(2, dim=0)
-    (shift0, scale0, _), (shift1, scale1, _) = (s.chunk(6, dim=1)[:3] for s in sets)
-    chosen = index[..., None] == 0
-    scale = torch.where(chosen, scale0[:, None], scale1[:, None])
-    shift = torch.where(chosen, shift0[:, None], shift1[:, None])
+    shift, scale, _gate = chosen_modulation(index, emb)
     return F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale) + shift
 
 
@@ -124,12 +132,8 @@ def select01_residual_adaln(
     residual: torch.Tensor, x: torch.Tensor, index: torch.Tensor, emb: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """F3 with F2: the gate, scale and shift all chosen per token."""
-    sets = emb.chunk(2, dim=0)
-    (shift0, scale0, gate0), (shift1, scale1, gate1) = (s.chunk(6, dim=1)[:3] for s in sets)
-    chosen = index[..., None] == 0
-    r = residual + torch.where(chosen, gate0[:, None], gate1[:, None]) * x
-    scale = torch.where(chosen, scale0[:, None], scale1[:, None])
-    shift = torch.where(chosen, shift0[:, None], shift1[:, None])
+    shift, scale, gate = chosen_modulation(index, emb)
+    r = residual + gate * x
     return r, F.layer_norm(r, r.shape[-1:], eps=1e-6) * (1 + scale) + shift
 
 
@@ -273,10 +277,7 @@ def sweep_f1(shape: tuple[int, int, int], dtype: torch.dtype) -> list[dict]:
     for config in configs:
 
         def run(x, scale, shift, config=config):
-            call = adaln_kernels.NormModulate(
-                x, None, (), None, None, (scale,), (shift,), None, 1e-6, "layer", True, "none", None, x.dtype
-            )
-            return adaln_kernels.norm_modulate_triton(call, config=config)
+            return adaln_kernels.norm_modulate_triton(f1_call(x, scale, shift), config=config)
 
         results.append({"shape": shape, "config": dataclasses.astuple(config), "ms": time_cuda_graph(run, input_sets)})
     return results
@@ -305,9 +306,7 @@ def host_overhead(dtype: torch.dtype) -> dict[str, float]:
     fused = compile_fresh(adaln_f1, "fusion_passes", size_rule=False)
     shift, scale = emb.chunk(6, dim=1)[:2]
     op_args = (x, None, None, [scale[:, None]], [shift[:, None]], None, 1e-6, "layer", True, "none", dtype)
-    call = adaln_kernels.NormModulate(
-        x, None, (), None, None, (scale[:, None],), (shift[:, None],), None, 1e-6, "layer", True, "none", None, dtype
-    )
+    call = f1_call(x, scale[:, None], shift[:, None])
     with torch.inference_mode():
         return {
             "inductor_graph_us": host_us_per_call(inductor, (x, emb)),

@@ -118,6 +118,17 @@ NORM_FORMS = (
 )
 
 
+def _normalized(
+    x: torch.Tensor, eps: float, form: NormForm, precision: str, weight: torch.Tensor | None, bias: torch.Tensor | None
+) -> torch.Tensor:
+    # ``N(x)`` as traced; precision "fp32" normalizes ``x.float()`` with fp32 affine operands.
+    affine = {name: tensor for name, tensor in (("weight", weight), ("bias", bias)) if tensor is not None}
+    if precision == "fp32":
+        x = x.float()
+        affine = {name: tensor.float() for name, tensor in affine.items()}
+    return form.spelling(x, eps, **affine)
+
+
 def modulated_norm(
     x: torch.Tensor,
     multiplier: torch.Tensor,
@@ -129,11 +140,7 @@ def modulated_norm(
     shift: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """F1 as traced: ``N(x) * multiplier (+ shift)``; ``precision`` "fp32" normalizes ``x.float()``."""
-    affine = {name: tensor for name, tensor in (("weight", weight), ("bias", bias)) if tensor is not None}
-    if precision == "fp32":
-        x = x.float()
-        affine = {name: tensor.float() for name, tensor in affine.items()}
-    normed = form.spelling(x, eps, **affine) * multiplier.float()
+    normed = _normalized(x, eps, form, precision, weight, bias) * multiplier.float()
     return normed if shift is None else normed + shift.float()
 
 
@@ -150,11 +157,7 @@ def modulated_norm_pair(
     bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One norm, two modulations (SD3.5's dual AdaLN): ``(n * m + t, n * m2 + t2)``."""
-    affine = {name: tensor for name, tensor in (("weight", weight), ("bias", bias)) if tensor is not None}
-    if precision == "fp32":
-        x = x.float()
-        affine = {name: tensor.float() for name, tensor in affine.items()}
-    normed = form.spelling(x, eps, **affine)
+    normed = _normalized(x, eps, form, precision, weight, bias)
     return normed * multiplier.float() + shift.float(), normed * multiplier2.float() + shift2.float()
 
 

@@ -70,23 +70,10 @@ class MatchedChain:
         """The graph nodes the chain's outputs replace, in the pattern's output order."""
         return [node for node in self.match.output_nodes() if node is not None]
 
-    @property
-    def output(self) -> torch.Tensor:
-        """Fake value of the chain's first output."""
-        return self.outputs[0].meta["val"]
-
     def value(self, name: str) -> Any:
         """The fake tensor (or literal) bound to pattern input ``name``; None if the variant lacks it."""
         node = self.nodes.get(name)
         return node.meta.get("val") if isinstance(node, torch.fx.Node) else node
-
-    def hinted(self, name: str) -> Any:
-        """Input ``name`` with symbolic sizes replaced by their hints; see ``hinted``."""
-        return hinted(self.value(name))
-
-    def produced_by_pointwise(self, name: str) -> bool:
-        """Whether input ``name`` comes from a pointwise op, which Inductor would fuse into the chain."""
-        return is_pointwise(self.nodes.get(name))
 
 
 def hinted(value: Any) -> Any:
@@ -186,6 +173,17 @@ _ADD_SCALAR_FORMS = [aten.add.Tensor, aten.add.Scalar]
 _CONVERT = torch.ops.prims.convert_element_type.default
 
 
+def _wrapped(pattern: PatternExpr, ctx: MatchContext, child_match: MatchResult, *nodes: torch.fx.Node) -> MatchResult:
+    # A wrapper pattern's result: the child's failure, or its match (plus the nodes the wrapper
+    # itself consumed) under the wrapper.
+    if not is_match(child_match):
+        return child_match
+    match = Match(ctx, pattern)
+    match.extend(child_match)
+    match.nodes.extend(nodes)
+    return match
+
+
 class StrictCall(CallFunction):
     """A call that also refuses keyword arguments its pattern lacks.
 
@@ -266,11 +264,7 @@ class Transparent(PatternExpr):
             child_match = ctx.match(self.child, candidate)
             if is_match(child_match):
                 break
-        if not is_match(child_match):
-            return child_match
-        match = Match(ctx, self)
-        match.extend(child_match)
-        return match
+        return _wrapped(self, ctx, child_match)
 
     def __repr__(self) -> str:
         return f"Transparent({self.child!r})"
@@ -289,17 +283,9 @@ class OptionalCast(PatternExpr):
         if isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target is _CONVERT:
             child_match = ctx.match(self.child, node.args[0])
             if is_match(child_match):
-                match = Match(ctx, self)
-                match.extend(child_match)
-                match.nodes.append(node)
-                return match
+                return _wrapped(self, ctx, child_match, node)
             ctx.pattern_to_node = before
-        child_match = ctx.match(self.child, node)
-        if not is_match(child_match):
-            return child_match
-        match = Match(ctx, self)
-        match.extend(child_match)
-        return match
+        return _wrapped(self, ctx, ctx.match(self.child, node))
 
     def __repr__(self) -> str:
         return f"OptionalCast({self.child!r})"
@@ -317,12 +303,7 @@ class DistinctFrom(PatternExpr):
     def _match(self, node: torch.fx.Node, ctx: MatchContext) -> MatchResult:
         if ctx.pattern_to_node.get(self.other) is node:
             return FailedMatch("same_node_as_another_output {}", node)
-        child_match = ctx.match(self.child, node)
-        if not is_match(child_match):
-            return child_match
-        match = Match(ctx, self)
-        match.extend(child_match)
-        return match
+        return _wrapped(self, ctx, ctx.match(self.child, node))
 
     def find_anchor_nodes(self, ctx: MatchContext, searched: Any) -> Iterator[torch.fx.Node | None]:
         """Where the child could match (a second output is found from the first one's inputs)."""
