@@ -128,6 +128,26 @@ def select01_adaln(x: torch.Tensor, index: torch.Tensor, emb: torch.Tensor) -> t
     return F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale) + shift
 
 
+def select01_adaln_kernel(x: torch.Tensor, index: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    """``select01_adaln`` through the kernel directly, reading the int index as the per-row choice."""
+    sets = emb.chunk(2, dim=0)
+    (shift0, scale0, _), (shift1, scale1, _) = (s.chunk(6, dim=1)[:3] for s in sets)
+    # The kernel takes the first tensor where select != 0, i.e. set 1 where index == 1. Unchecked
+    # launch: the op's check asks for a bool select; the graph's `index == 0` kernel is left out.
+    call = dataclasses.replace(
+        f1_call(x, scale1[:, None], shift1[:, None]),
+        scale=(scale1[:, None], scale0[:, None]),
+        shift=(shift1[:, None], shift0[:, None]),
+        select=index,
+    )
+    return adaln_kernels._launch(call)[0]
+
+
+def adaln_f1_after_add(a: torch.Tensor, b: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    """F1 on a sum used nowhere else: Inductor alone fuses the add into its norm kernel."""
+    return adaln_f1(a + b, emb)
+
+
 def select01_residual_adaln(
     residual: torch.Tensor, x: torch.Tensor, index: torch.Tensor, emb: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,8 +200,9 @@ CASES = {
     "F1 fp32 form": Case("F1 fp32 form (Wan)", adaln_f1_fp32_form, None, n_activations=1, n_outputs=1),
     "F2": Case("F2 res+g*x -> F1", residual_adaln, None, n_activations=2, n_outputs=2, n_modulations=3),
     "F2 fp32 form": Case("F2 fp32 form (Wan)", residual_adaln_fp32_form, None, n_activations=2, n_outputs=2, n_modulations=3),
-    "F3": Case("F3 select01 F1", select01_adaln, None, n_activations=1, n_outputs=1, select01=True),
+    "F3": Case("F3 select01 F1", select01_adaln, select01_adaln_kernel, n_activations=1, n_outputs=1, select01=True),
     "F3+F2": Case("F3 select01 F2", select01_residual_adaln, None, n_activations=2, n_outputs=2, n_modulations=3, select01=True),
+    "F1 after add": Case("F1 on a + b", adaln_f1_after_add, None, n_activations=2, n_outputs=1),
     "F1 pair": Case("F1 one norm, two modulations", adaln_pair, None, n_activations=1, n_outputs=2, n_modulations=4),
 }
 
@@ -258,28 +279,45 @@ def bench(case: Case, shape: tuple[int, int, int], bandwidth: float, dtype: torc
     )
 
 
-def sweep_f1(shape: tuple[int, int, int], dtype: torch.dtype) -> list[dict]:
-    """Time the raw kernel under alternative launch configs (for tuning ``launch_config``)."""
-    batch, _tokens, hidden = shape
-    results = []
-    input_sets = []
-    for _ in range(INPUT_SETS):
-        x = torch.randn(shape, dtype=dtype, device="cuda")
-        shift, scale = torch.randn(batch, 6 * hidden, dtype=dtype, device="cuda").chunk(6, dim=1)[:2]
-        input_sets.append((x, scale[:, None], shift[:, None]))
-    configs = [adaln_kernels.LaunchConfig(1, num_warps) for num_warps in (2, 4, 8)]
+def sweep_call(kind: str, shape: tuple[int, int, int], dtype: torch.dtype) -> adaln_kernels.NormModulate:
+    """A kernel call of ``kind`` (F1, F2, F3: F1 with a per-row choice, pair) on fresh inputs."""
+    batch, tokens, hidden = shape
+    x, residual = (torch.randn(shape, dtype=dtype, device="cuda") for _ in range(2))
+    shift, scale, gate, shift2, scale2, _ = (
+        t[:, None] for t in torch.randn(batch, 6 * hidden, dtype=dtype, device="cuda").chunk(6, dim=1)
+    )
+    call = f1_call(x, scale, shift)
+    if kind == "F2":
+        return dataclasses.replace(call, residual=residual, gate=(gate,), residual_dtype=dtype)
+    if kind == "F3":
+        select = torch.randint(0, 2, (batch, tokens, 1), device="cuda") == 0
+        return dataclasses.replace(call, scale=(scale, scale2), shift=(shift, shift2), select=select)
+    if kind == "pair":
+        return dataclasses.replace(call, scale2=(scale2,), shift2=(shift2,), out_dtype2=dtype)
+    return call
+
+
+def sweep_configs(kind: str, shape: tuple[int, int, int], dtype: torch.dtype) -> list[dict]:
+    """Time the raw kernel on a ``kind`` call under alternative launch configs (for tuning ``launch_config``)."""
+    input_sets = [(sweep_call(kind, shape, dtype),) for _ in range(INPUT_SETS)]
+    configs = [adaln_kernels.LaunchConfig(1, num_warps, hoist=hoist) for num_warps in (2, 4, 8) for hoist in (True, False)]
     configs += [
-        adaln_kernels.LaunchConfig(1, num_warps, num_stages, programs_per_sm)
+        adaln_kernels.LaunchConfig(1, num_warps, num_stages, programs_per_sm, hoist)
         for num_warps in (2, 4, 8)
         for num_stages in (1, 2, 3)
-        for programs_per_sm in (2, 4, 8, 16)
+        for programs_per_sm in (1, 2, 4, 8)
+        for hoist in (True, False)
+        if num_warps * programs_per_sm <= 64
     ]
+    results = []
     for config in configs:
 
-        def run(x, scale, shift, config=config):
-            return adaln_kernels.norm_modulate_triton(f1_call(x, scale, shift), config=config)
+        def run(call, config=config):
+            return adaln_kernels.norm_modulate_triton(call, config=config)
 
-        results.append({"shape": shape, "config": dataclasses.astuple(config), "ms": time_cuda_graph(run, input_sets)})
+        results.append(
+            {"kind": kind, "shape": shape, "config": dataclasses.astuple(config), "ms": time_cuda_graph(run, input_sets)}
+        )
     return results
 
 
@@ -345,13 +383,17 @@ F2_SHAPES = [
 # The other variants at the SPEC.md shapes, plus a small one.
 VARIANTS = ("F1 rms", "F1 fp32 form", "F2 fp32 form", "F3", "F3+F2", "F1 pair")
 VARIANT_SHAPES = [(1, 4096, 3072), (1, 32760, 1536), (1, 256, 3072)]
+# F1 on a sum: around the size rule's after-pointwise threshold (2^24 elements).
+AFTER_ADD_SHAPES = [(1, 1024, 3072), (1, 4096, 3072), (2, 4096, 3072), (1, 32760, 1536)]
+SWEEP_SHAPES = [(1, 4096, 3072), (1, 32760, 1536)]
 
 
 def main() -> None:
     """Run every case, print the table last, write JSON to --out."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="directory for results.json")
-    parser.add_argument("--sweep", action="store_true", help="also sweep kernel launch configs")
+    parser.add_argument("--sweep", default="", help="also sweep kernel launch configs of these kinds: F1,F2,F3,pair")
+    parser.add_argument("--sweep-only", action="store_true", help="only the sweep (no cases, no host overhead)")
     parser.add_argument(
         "--f1-shapes", default=None, help="only these F1 shapes, e.g. 1x4096x2048,2x4096x2048 (no F2 cases)"
     )
@@ -369,12 +411,19 @@ def main() -> None:
     plan = [(CASES["F1"], shape) for shape in f1_shapes] + [(CASES["F2"], shape) for shape in f2_shapes]
     if not args.f1_shapes:
         plan += [(CASES[name], shape) for name in VARIANTS for shape in VARIANT_SHAPES]
+        plan += [(CASES["F1 after add"], shape) for shape in AFTER_ADD_SHAPES]
     rows = []
-    for case, shape in plan:
+    for case, shape in [] if args.sweep_only else plan:
         rows.append(bench(case, shape, bandwidth, dtype))
         print("row", json.dumps(dataclasses.asdict(rows[-1])), flush=True)
-    sweep = [r for shape in f1_shapes[:3] for r in sweep_f1(shape, dtype)] if args.sweep else []
-    overhead = host_overhead(dtype)
+    kinds = [kind for kind in args.sweep.split(",") if kind]
+    sweep = []
+    for kind in kinds:
+        sweep += [r for shape in SWEEP_SHAPES for r in sweep_configs(kind, shape, dtype)]
+        if args.out:  # kept if a later kind runs out of time
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "sweep.json").write_text(json.dumps(sweep))
+    overhead = {} if args.sweep_only else host_overhead(dtype)
 
     meta = {
         "device": torch.cuda.get_device_name(),
@@ -387,8 +436,13 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         payload = {"meta": meta, "rows": [dataclasses.asdict(r) for r in rows], "sweep": sweep, "host_overhead": overhead}
         (args.out / "results.json").write_text(json.dumps(payload, indent=1))
-    for result in sorted(sweep, key=lambda r: (r["shape"], r["ms"])):
-        print(f"sweep {result['shape']} config={result['config']} {result['ms'] * 1e3:.1f} us")
+    for kind in kinds:
+        for shape in SWEEP_SHAPES:
+            timed = sorted((r for r in sweep if r["kind"] == kind and r["shape"] == shape), key=lambda r: r["ms"])
+            rows = sum(len(tensors) for _, tensors in sweep_call(kind, shape, dtype).modulation())
+            default = dataclasses.astuple(adaln_kernels.launch_config(shape[-1], rows))
+            for result in timed[:5] + [r for r in timed if r["config"] == default]:
+                print(f"sweep {result['kind']} {result['shape']} config={result['config']} {result['ms'] * 1e3:.1f} us")
     print(json.dumps(meta))
     print("host us per F1 call:", json.dumps({k: round(v, 1) for k, v in overhead.items()}))
     print("| case | x shape | eager ms | Inductor ms | fused ms | fires | forced ms | kernel ms | copy ms | floor ms | fused/floor | Inductor/fused | Inductor/forced | rel err fused | rel err Inductor |")

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -59,6 +60,7 @@ class MatchedChain:
 
     match: Match
     variant: PatternVariant
+    cache: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @property
     def nodes(self) -> Mapping[str, Any]:
@@ -74,6 +76,23 @@ class MatchedChain:
         """The fake tensor (or literal) bound to pattern input ``name``; None if the variant lacks it."""
         node = self.nodes.get(name)
         return node.meta.get("val") if isinstance(node, torch.fx.Node) else node
+
+    @classmethod
+    def of(cls, match: Match, variant: PatternVariant) -> MatchedChain:
+        """The one chain object of ``match``: the check and the replacement share what it caches."""
+        chain = _CHAINS.get(match)
+        if chain is None:
+            chain = _CHAINS[match] = cls(match=match, variant=variant)
+        return chain
+
+    def cached(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()``, computed once per chain (the graph does not change between check and replacement)."""
+        if key not in self.cache:
+            self.cache[key] = compute()
+        return self.cache[key]
+
+
+_CHAINS: weakref.WeakKeyDictionary[Match, MatchedChain] = weakref.WeakKeyDictionary()
 
 
 def hinted(value: Any) -> Any:
@@ -416,7 +435,7 @@ def _make_extra_check(family: FusionFamily, variant: PatternVariant) -> Callable
         if not _ACTIVE_RUN:
             return False
         config, report = _ACTIVE_RUN[-1]
-        chain = MatchedChain(match=match, variant=variant)
+        chain = MatchedChain.of(match, variant)
         anchor = match.output_node()
         output = anchor.meta.get("val")
         if not isinstance(output, torch.Tensor):
@@ -438,7 +457,7 @@ def _make_extra_check(family: FusionFamily, variant: PatternVariant) -> Callable
 
 def _make_handler(family: FusionFamily, variant: PatternVariant) -> Callable[..., None]:
     def handler(match: Match, *args: Any, **kwargs: Any) -> None:
-        chain = MatchedChain(match=match, variant=variant)
+        chain = MatchedChain.of(match, variant)
         _, report = _ACTIVE_RUN[-1]
         name = variant.name if family.describe is None else family.describe(chain)
         report.add_fusion(family.name, name, match.output_node())

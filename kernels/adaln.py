@@ -219,6 +219,29 @@ def _modulation(
 
 
 @triton.jit
+def _apply_modulation(
+    value, scale_ptr, scale_else_ptr, scale_base, scale_else_base, scale_s2, scale_e2, scale_sc, scale_ec,
+    scale_row, scale_else_row, shift_ptr, shift_else_ptr, shift_base, shift_else_base, shift_s2, shift_e2,
+    shift_sc, shift_ec, shift_row, shift_else_row, i2, cols, mask, chosen,
+    SCALE_PLUS_ONE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_SELECT: tl.constexpr, HOISTED: tl.constexpr,
+):
+    # value * (1 + scale) (or * scale) [+ shift], for the normalized rows of the block.
+    scale = _modulation(
+        scale_ptr, scale_else_ptr, scale_base, scale_else_base, scale_s2, scale_e2, scale_sc, scale_ec,
+        scale_row, scale_else_row, i2, cols, mask, chosen, HAS_SELECT, HOISTED,
+    )
+    if SCALE_PLUS_ONE:
+        scale = scale + 1.0
+    value = value * scale
+    if HAS_SHIFT:
+        value = value + _modulation(
+            shift_ptr, shift_else_ptr, shift_base, shift_else_base, shift_s2, shift_e2, shift_sc, shift_ec,
+            shift_row, shift_else_row, i2, cols, mask, chosen, HAS_SELECT, HOISTED,
+        )
+    return value
+
+
+@triton.jit
 def _norm_modulate_kernel(
     x_ptr, residual_ptr, gate_ptr, gate_else_ptr, weight_ptr, bias_ptr,
     scale_ptr, scale_else_ptr, shift_ptr, shift_else_ptr, select_ptr, scale2_ptr, shift2_ptr,
@@ -324,31 +347,19 @@ def _norm_modulate_kernel(
         if ROUND_AFTER_AFFINE:
             value = value.to(norm_dtype).to(tl.float32)
         if HAS_SECOND:
-            scale2 = _modulation(
-                scale2_ptr, scale2_ptr, scale2_base, scale2_base, scale2_s2, scale2_s2, scale2_sc, scale2_sc,
-                scale2_row, scale2_row, i2, cols, mask, chosen, False, HOISTED,
+            second = _apply_modulation(
+                value, scale2_ptr, scale2_ptr, scale2_base, scale2_base, scale2_s2, scale2_s2, scale2_sc, scale2_sc,
+                scale2_row, scale2_row, shift2_ptr, shift2_ptr, shift2_base, shift2_base, shift2_s2, shift2_s2,
+                shift2_sc, shift2_sc, shift2_row, shift2_row, i2, cols, mask, chosen,
+                SCALE_PLUS_ONE, HAS_SHIFT2, False, HOISTED,
             )
-            if SCALE_PLUS_ONE:
-                scale2 = scale2 + 1.0
-            second = value * scale2
-            if HAS_SHIFT2:
-                second = second + _modulation(
-                    shift2_ptr, shift2_ptr, shift2_base, shift2_base, shift2_s2, shift2_s2, shift2_sc, shift2_sc,
-                    shift2_row, shift2_row, i2, cols, mask, chosen, False, HOISTED,
-                )
             tl.store(out2_ptr + out_offsets, second.to(out2_ptr.dtype.element_ty), mask=mask, eviction_policy="evict_first")
-        scale = _modulation(
-            scale_ptr, scale_else_ptr, scale_base, scale_else_base, scale_s2, scale_e2, scale_sc, scale_ec,
-            scale_row, scale_else_row, i2, cols, mask, chosen, HAS_SELECT, HOISTED,
+        value = _apply_modulation(
+            value, scale_ptr, scale_else_ptr, scale_base, scale_else_base, scale_s2, scale_e2, scale_sc, scale_ec,
+            scale_row, scale_else_row, shift_ptr, shift_else_ptr, shift_base, shift_else_base, shift_s2, shift_e2,
+            shift_sc, shift_ec, shift_row, shift_else_row, i2, cols, mask, chosen,
+            SCALE_PLUS_ONE, HAS_SHIFT, HAS_SELECT, HOISTED,
         )
-        if SCALE_PLUS_ONE:
-            scale = scale + 1.0
-        value = value * scale
-        if HAS_SHIFT:
-            value = value + _modulation(
-                shift_ptr, shift_else_ptr, shift_base, shift_else_base, shift_s2, shift_e2, shift_sc, shift_ec,
-                shift_row, shift_else_row, i2, cols, mask, chosen, HAS_SELECT, HOISTED,
-            )
         tl.store(out_ptr + out_offsets, value.to(out_ptr.dtype.element_ty), mask=mask, eviction_policy="evict_first")
 
 
@@ -364,17 +375,31 @@ class LaunchConfig:
     num_warps: int
     num_stages: int = 1
     programs_per_sm: int = 0
+    # Load modulation constant over rows once per program (else once per row, from L2).
+    hoist: bool = True
+
+
+# Modulation rows (over all operands and selectable sets) a program may hold in registers.
+MAX_HOISTED_ROWS = 2
 
 
 @functools.cache
-def launch_config(hidden: int) -> LaunchConfig:
-    """The launch config for rows of ``hidden`` elements (swept on H200, docs/BENCHMARKS.md)."""
+def launch_config(hidden: int, modulation_rows: int) -> LaunchConfig:
+    """The launch config for rows of ``hidden`` elements and ``modulation_rows`` modulation operands.
+
+    Swept on H100 and H200 (docs/BENCHMARKS.md).
+    """
     block_hidden = triton.next_power_of_2(hidden)
     # Small rows share a program so each one still moves a few KiB.
     block_rows = max(1, min(16, 2048 // block_hidden))
     num_warps = min(max(block_hidden * block_rows // 1024, 1), 8)
-    # About 16 resident warps per multiprocessor, each program pipelining its next rows' loads.
-    return LaunchConfig(block_rows=block_rows, num_warps=num_warps, num_stages=3, programs_per_sm=16 // num_warps)
+    if modulation_rows <= MAX_HOISTED_ROWS:
+        # Plain F1: about 16 resident warps per multiprocessor loop over the rows, holding scale
+        # and shift in registers and pipelining the next rows' loads (fastest on H200).
+        return LaunchConfig(block_rows, num_warps, num_stages=3, programs_per_sm=16 // num_warps)
+    # F2, F3 and pairs: holding 3 or 4 rows costs occupancy (F3 up to 1.5x slower); one program
+    # per block of rows reading the modulation rows from L2 is within 5% of the best swept config.
+    return LaunchConfig(block_rows, num_warps, num_stages=1, programs_per_sm=0, hoist=False)
 
 
 @functools.cache
@@ -421,13 +446,14 @@ def _launch(
     (shift2, _), shift2_strides = _pair_args(call.shift2, x.shape)
     residual_strides = broadcast_strides(call.residual, x.shape) if call.residual is not None else _NO_STRIDES
     select_strides = broadcast_strides(call.select, x.shape)[:3] if call.select is not None else (0, 0, 0)
-    config = config or launch_config(hidden)
+    modulation_rows = sum(len(tensors) for _, tensors in call.modulation())
+    config = config or launch_config(hidden, modulation_rows)
     slices = leading[0] * leading[1]
     n_programs = triton.cdiv(leading[2], config.block_rows)
     if config.programs_per_sm:
         n_programs = min(n_programs, triton.cdiv(config.programs_per_sm * _multiprocessors(x.device), slices))
     # Modulation constant over the last leading dim is loaded once per program.
-    hoisted = all(
+    hoisted = config.hoist and all(
         strides[2] == 0
         for pair_strides in (gate_strides, scale_strides, shift_strides, scale2_strides, shift2_strides)
         for strides in (pair_strides[:4], pair_strides[4:])

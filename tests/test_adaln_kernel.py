@@ -86,8 +86,13 @@ def test_f2_matches_fp64_and_returns_the_residual(dtype, gated, norm):
     run_and_compare(call(x, scale, shift, residual=residual, gate=gate if gated else None, norm=norm), dtype)
 
 
+# Both ways of reading modulation: held per program (both sets) and loaded per row (chosen set).
+HOISTING = {"hoisted": adaln.LaunchConfig(2, 1, programs_per_sm=1), "per_row": adaln.LaunchConfig(2, 1, hoist=False)}
+
+
+@pytest.mark.parametrize("config", list(HOISTING))
 @pytest.mark.parametrize("residual", [False, True])
-def test_select01_reads_the_chosen_set_per_row(residual):
+def test_select01_reads_the_chosen_set_per_row(residual, config):
     # Two modulation sets (timestep t and 0) from one [2B, 3C] linear output; rows pick per token.
     batch, tokens, hidden = 2, 9, 24
     sets = torch.randn(2 * batch, 3 * hidden, device=DEVICE).chunk(3, dim=1)
@@ -96,11 +101,13 @@ def test_select01_reads_the_chosen_set_per_row(residual):
     x = torch.randn(batch, tokens, hidden, device=DEVICE)
     extra = dict(residual=torch.randn_like(x), gate=gate) if residual else {}
     c = call(x, scale, shift, select=select, **extra)
-    run_and_compare(c, torch.float32)
+    run_and_compare(c, torch.float32, config=HOISTING[config])
     # The same as materializing the choice first.
     chosen = {name: torch.where(select, *pair) for name, pair in (("scale", scale), ("shift", shift), ("gate", gate))}
     materialized = call(x, chosen["scale"], chosen["shift"], **({**extra, "gate": chosen["gate"]} if residual else {}))
-    torch.testing.assert_close(adaln.norm_modulate_triton(c)[0], adaln.norm_modulate_triton(materialized)[0])
+    torch.testing.assert_close(
+        adaln.norm_modulate_triton(c, config=HOISTING[config])[0], adaln.norm_modulate_triton(materialized)[0]
+    )
 
 
 @pytest.mark.parametrize("hoisted", [True, False])
@@ -111,7 +118,8 @@ def test_pair_writes_both_modulations_of_one_norm(hoisted):
     else:
         shift, scale, shift2, scale2 = (torch.randn(2, 7, 45, dtype=torch.bfloat16, device=DEVICE) for _ in range(4))
     c = dataclasses.replace(call(x, scale, shift), scale2=(scale2,), shift2=(shift2,), out_dtype2=torch.float32)
-    y, y2 = adaln.norm_modulate_triton(c, out=poisoned(c)[:1] + (torch.full(x.shape, float("nan"), device=DEVICE),))
+    out = poisoned(c)[:1] + (torch.full(x.shape, float("nan"), device=DEVICE),)
+    y, y2 = adaln.norm_modulate_triton(c, config=HOISTING["hoisted" if hoisted else "per_row"], out=out)
     assert not y.isnan().any() and not y2.isnan().any()
     assert y2.dtype == torch.float32
     for out, single in ((y, call(x, scale, shift)), (y2, call(x, scale2, shift2))):
@@ -182,6 +190,12 @@ def test_launch_configs_cover_every_row(config):
     x = torch.randn(3, 13, 24, device=DEVICE)
     shift, scale, gate = modulation(3, 24, torch.float32)
     run_and_compare(call(x, scale, shift, residual=torch.randn_like(x), gate=gate), torch.float32, config=config)
+
+
+def test_default_launch_holds_at_most_two_modulation_rows_per_program():
+    assert adaln.launch_config(3072, 2).hoist and adaln.launch_config(3072, 2).programs_per_sm
+    for rows in (3, 4):  # F2; F3 and pairs
+        assert not adaln.launch_config(3072, rows).hoist and adaln.launch_config(3072, rows).programs_per_sm == 0
 
 
 def test_empty_input():

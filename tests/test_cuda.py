@@ -3,7 +3,13 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from test_adaln_patterns import gated_residual, gated_residual_fp32_form, hand_written_rms_norm_shift_first, select01_residual
+from test_adaln_patterns import (
+    gated_residual,
+    gated_residual_fp32_form,
+    hand_written_rms_norm_shift_first,
+    one_norm_two_modulations,
+    select01_residual,
+)
 from tiny_models import MODELS
 
 import fusion_passes
@@ -58,6 +64,12 @@ def test_f2_and_f3_run_the_triton_kernel_with_parity(dtype):
     fusion_passes.reset_report()
     index = torch.randint(0, 2, (2, 77), device="cuda")
     compare_with_inductor(select01_residual, [residual, x, index, emb, cuda_randn(2, 3 * 1536, dtype=dtype)], {"residual_adaln": 1})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_norm_two_modulations_run_the_triton_kernel_with_parity(dtype):
+    args = [cuda_randn(2, 77, 3072, dtype=dtype), cuda_randn(2, 6 * 3072, dtype=dtype)]
+    compare_with_inductor(one_norm_two_modulations, args, {"adaln": 1})
 
 
 def test_fp32_form_and_hand_written_rms_norm_round_like_inductor():
