@@ -80,6 +80,11 @@ class NormModulate:
         )
         return tuple((name, tensors) for name, tensors in operands if tensors)
 
+    @property
+    def modulation_rows(self) -> int:
+        """How many modulation rows each x row reads (every operand, both sets of a selection)."""
+        return sum(len(tensors) for _, tensors in self.modulation())
+
 
 def _chosen(tensors: tuple[torch.Tensor, ...], select: torch.Tensor | None) -> torch.Tensor | None:
     if not tensors:
@@ -446,8 +451,7 @@ def _launch(
     (shift2, _), shift2_strides = _pair_args(call.shift2, x.shape)
     residual_strides = broadcast_strides(call.residual, x.shape) if call.residual is not None else _NO_STRIDES
     select_strides = broadcast_strides(call.select, x.shape)[:3] if call.select is not None else (0, 0, 0)
-    modulation_rows = sum(len(tensors) for _, tensors in call.modulation())
-    config = config or launch_config(hidden, modulation_rows)
+    config = config or launch_config(hidden, call.modulation_rows)
     slices = leading[0] * leading[1]
     n_programs = triton.cdiv(leading[2], config.block_rows)
     if config.programs_per_sm:
