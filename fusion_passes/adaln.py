@@ -33,11 +33,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch._inductor.pattern_matcher import MULTIPLE, MultiOutputPattern, PatternExpr
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from fusion_passes.kernels import adaln as adaln_kernels
+from fusion_passes.norms import EPS_SENTINEL, NORM_FORMS, TRACE_DTYPE, NormForm, normalized
 from fusion_passes.patterns import (
     DistinctFrom,
     FusionFamily,
@@ -58,12 +58,6 @@ from fusion_passes.patterns import (
 aten = torch.ops.aten
 _CONVERT = torch.ops.prims.convert_element_type.default
 
-# Stands in for eps while tracing (exact in float32, since F.rms_norm rounds eps to float32); the
-# matched graph's own eps reaches the replacement.
-EPS_SENTINEL = 1.9073486328125e-05
-# The example dtype of the traces: every input is half so each ``.float()`` leaves an upcast node.
-TRACE_DTYPE = torch.bfloat16
-
 # Where the fused op beats Inductor alone on CUDA (docs/BENCHMARKS.md, H100 and H200): hidden
 # sizes from MIN_CUDA_HIDDEN to MAX_CUDA_HIDDEN (at 1024 and below Inductor's persistent reduction
 # wins; at 16384 the kernel lost 2% on an H100) and x of at least MIN_CUDA_ELEMENTS (below it the
@@ -80,54 +74,6 @@ MIN_CUDA_ELEMENTS = 1 << 20
 # --- The spellings models use -------------------------------------------------------------------
 
 
-def layer_norm(x: torch.Tensor, eps: float, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.layer_norm`` over the last dim (a half input rounds its output, after the affine)."""
-    return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
-
-
-def rms_norm(x: torch.Tensor, eps: float, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.rms_norm`` / ``torch.nn.RMSNorm`` (a half input rounds its output, after the weight)."""
-    return F.rms_norm(x, x.shape[-1:], weight, eps)
-
-
-def rms_norm_fp32_statistics(x: torch.Tensor, eps: float, weight: torch.Tensor) -> torch.Tensor:
-    """The hand-written RMSNorm of diffusers and LLMs: fp32 statistics, rounded before a half weight."""
-    variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
-    return (x * torch.rsqrt(variance + eps)).to(weight.dtype) * weight
-
-
-@dataclasses.dataclass(frozen=True)
-class NormForm:
-    """One norm spelling: its kind, affine operands, and where its half-precision form rounds."""
-
-    name: str
-    norm: str  # "layer" or "rms"
-    affine: tuple[str, ...]
-    half_rounding: str
-    spelling: Callable[..., torch.Tensor]
-
-
-NORM_FORMS = (
-    NormForm("layer_norm", "layer", (), "after_affine", layer_norm),
-    NormForm("layer_norm[weight]", "layer", ("weight",), "after_affine", layer_norm),
-    NormForm("layer_norm[weight,bias]", "layer", ("weight", "bias"), "after_affine", layer_norm),
-    NormForm("rms_norm", "rms", (), "after_affine", rms_norm),
-    NormForm("rms_norm[weight]", "rms", ("weight",), "after_affine", rms_norm),
-    NormForm("rms_norm[weight,fp32 statistics]", "rms", ("weight",), "before_weight", rms_norm_fp32_statistics),
-)
-
-
-def _normalized(
-    x: torch.Tensor, eps: float, form: NormForm, precision: str, weight: torch.Tensor | None, bias: torch.Tensor | None
-) -> torch.Tensor:
-    # ``N(x)`` as traced; precision "fp32" normalizes ``x.float()`` with fp32 affine operands.
-    affine = {name: tensor for name, tensor in (("weight", weight), ("bias", bias)) if tensor is not None}
-    if precision == "fp32":
-        x = x.float()
-        affine = {name: tensor.float() for name, tensor in affine.items()}
-    return form.spelling(x, eps, **affine)
-
-
 def modulated_norm(
     x: torch.Tensor,
     multiplier: torch.Tensor,
@@ -139,7 +85,7 @@ def modulated_norm(
     shift: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """F1 as traced: ``N(x) * multiplier (+ shift)``; ``precision`` "fp32" normalizes ``x.float()``."""
-    normed = _normalized(x, eps, form, precision, weight, bias) * multiplier.float()
+    normed = normalized(x, eps, form, precision, weight, bias) * multiplier.float()
     return normed if shift is None else normed + shift.float()
 
 
@@ -156,7 +102,7 @@ def modulated_norm_pair(
     bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One norm, two modulations (SD3.5's dual AdaLN): ``(n * m + t, n * m2 + t2)``."""
-    normed = _normalized(x, eps, form, precision, weight, bias)
+    normed = normalized(x, eps, form, precision, weight, bias)
     return normed * multiplier.float() + shift.float(), normed * multiplier2.float() + shift2.float()
 
 

@@ -16,7 +16,7 @@ from torch._inductor.pattern_matcher import stable_topological_sort
 
 from fusion_passes.config import FusionConfig
 from fusion_passes.graph_utils import canonicalize_reduction_dims, merge_duplicates
-from fusion_passes.patterns import active_run, explain_unfused, families, pattern_pass
+from fusion_passes.patterns import RewriteFamily, active_run, explain_unfused, families, pattern_pass
 from fusion_passes.report import GLOBAL_REPORT, FusionReport, GraphReport
 
 GraphPass = Callable[[torch.fx.Graph], Any]
@@ -89,6 +89,9 @@ class FusionPassManager(InferenceAwarePass or CustomGraphPass):  # type: ignore[
         enabled = [families()[name] for name in self.config.enabled_fusions()]
         with active_run(self.config, graph_report):
             for family in enabled:
+                if isinstance(family, RewriteFamily):
+                    family.rewrite(graph, self.config, graph_report)
+                    continue
                 if pattern_pass(family.name).apply(graph):
                     # A fused op replaces a multi-output chain at its first output; operands
                     # computed after that point move up.
@@ -99,7 +102,8 @@ class FusionPassManager(InferenceAwarePass or CustomGraphPass):  # type: ignore[
             # A chain one family refused and a later one fused is no near miss.
             graph_report.forget_near_misses_outside(graph)
             for family in enabled:
-                explain_unfused(family, graph, graph_report)
+                if not isinstance(family, RewriteFamily):
+                    explain_unfused(family, graph, graph_report)
         self.report.add(graph_report)
 
     def uuid(self) -> str | None:

@@ -145,10 +145,25 @@ class FusionFamily:
     finish: Callable[[torch.fx.Graph], None] | None = None
 
 
-_FAMILIES: dict[str, FusionFamily] = {}
+@dataclasses.dataclass(frozen=True)
+class RewriteFamily:
+    """A kind of fusion that rewrites the graph itself instead of through registered patterns.
+
+    For chains whose spellings are too varied for fixed patterns (RoPE): ``rewrite`` finds and
+    replaces them, records fusions and near misses in the report, and returns how many fused.
+    """
+
+    name: str
+    description: str
+    rewrite: Callable[[torch.fx.Graph, FusionConfig, GraphReport], int]
 
 
-def register_family(family: FusionFamily) -> FusionFamily:
+Family = FusionFamily | RewriteFamily
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
     """Make ``family`` known to the pass manager under ``family.name``."""
     if family.name in _FAMILIES:
         raise ValueError(f"family name: {family.name!r} is already registered")
@@ -156,7 +171,7 @@ def register_family(family: FusionFamily) -> FusionFamily:
     return family
 
 
-def families() -> dict[str, FusionFamily]:
+def families() -> dict[str, Family]:
     """All registered fusion families by name, in registration (= application) order."""
     return dict(_FAMILIES)
 

@@ -1,0 +1,513 @@
+"""Rotary embedding (SPEC.md F5), optionally after a q/k RMSNorm (F4), as one custom op.
+
+``fusion_passes::rope`` takes one or more *streams* ``xs`` (each ``[*lead, D]``, e.g. ``[B, L, H, D]``)
+and returns their concatenation along the lead dim ``cat_dim`` (the joint text + image sequence
+of FLUX-like models; one stream for a plain q or k). Per stream, in fp32, rounded once at the store:
+
+1. optionally RMSNorm: over ``D`` per head (``norm="head"``, weight ``[D]``) or over the last two
+   dims (``norm="heads"``, all heads of a token before the head split, weight ``[H * D]``), with the
+   stream's ``eps``. ``rounding`` reproduces where the unfused graph rounds the normalized value to
+   the stream's dtype: before its weight, after it, both, or nowhere;
+2. optionally the rotation of the first ``rotary_dim`` (R) dims; dims ``R..D`` pass through.
+   Pairs are ``(2i, 2i + 1)`` (``interleaved``) or ``(i, i + R/2)``; for pair ``i`` with members
+   ``a, b``: ``a' = a * cos_a - b * sin_a`` and ``b' = b * cos_b + a * sin_b``.
+
+The coefficients come from the graph's own tables, read where the unfused graph reads them, so
+every spelling is computed exactly: a table ``T`` (real, or complex where its real and imaginary
+parts are cos and sin) broadcasts to ``[*lead, W]`` and a map ``(start, per_pair, per_member,
+part)`` says which element serves pair ``i``, member ``j``: ``T[..., start + i * per_pair +
+j * per_member]``, its real (``part=0``) or imaginary (``part=1``) part. Interleaved tables
+repeated per pair are ``(0, 2, 1, 0)``, half-split ones ``(0, 1, R/2, 0)``, ``cos[..., 0::2]``
+slices ``(0, 1, 0, 0)``, complex frequencies ``(0, 1, 0, 0)`` and ``(0, 1, 0, 1)``. A stream with
+no table passes unrotated (tokens outside a rotated prefix or suffix).
+
+One file holds the whole story: the pure-torch reference (CPU, and CUDA operands the kernel does
+not take), the Triton kernel (several heads of one token per program, each table row loaded once
+for all of them), its launcher, and the custom op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from fusion_passes.kernels.common import SUPPORTED_DTYPES, LEADING_DIMS, broadcasts_to, collapse_leading_dims
+
+NORMS = ("none", "head", "heads")
+ROUNDINGS = ("none", "before_weight", "after_weight", "before_and_after_weight")
+TABLE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128)
+# Widest head dim, and widest token (all heads, for norm="heads"), the kernel holds in registers.
+MAX_HEAD_DIM = 512
+MAX_TOKEN_WIDTH = 16384
+MAP_LENGTH = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Stream:
+    """One stream's operands: input, norm weight and eps, tables with their maps (None: unrotated)."""
+
+    x: torch.Tensor
+    weight: torch.Tensor | None
+    eps: float
+    cos: torch.Tensor | None
+    sin: torch.Tensor | None
+    cos_map: tuple[int, int, int, int]
+    sin_map: tuple[int, int, int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rope:
+    """The operands and settings of one fused call."""
+
+    streams: tuple[Stream, ...]
+    norm: str
+    rounding: str
+    rotary_dim: int
+    interleaved: bool
+    cat_dim: int
+    out_dtype: torch.dtype
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """The joint output's shape: the streams concatenated along ``cat_dim``."""
+        shape = list(self.streams[0].x.shape)
+        shape[self.cat_dim] = sum(stream.x.shape[self.cat_dim] for stream in self.streams)
+        return tuple(shape)
+
+    @property
+    def round_before_weight(self) -> bool:
+        """Whether the normalized value is rounded to the stream's dtype before the weight."""
+        return self.rounding in ("before_weight", "before_and_after_weight")
+
+    @property
+    def round_after_weight(self) -> bool:
+        """Whether the normalized, weighted value is rounded to the stream's dtype."""
+        return self.rounding in ("after_weight", "before_and_after_weight")
+
+
+def make_call(
+    xs: Sequence[torch.Tensor],
+    weights: Sequence[torch.Tensor | None],
+    eps: Sequence[float],
+    cos: Sequence[torch.Tensor | None],
+    sin: Sequence[torch.Tensor | None],
+    cos_maps: Sequence[int],
+    sin_maps: Sequence[int],
+    norm: str,
+    rounding: str,
+    rotary_dim: int,
+    interleaved: bool,
+    cat_dim: int,
+    out_dtype: torch.dtype,
+) -> Rope:
+    """The op's flat arguments as a checked ``Rope``; a ValueError names what is wrong."""
+    count = len(xs)
+    if count == 0:
+        raise ValueError("xs: expected at least one stream, got none")
+    for name, values, per_stream in (
+        ("weights", weights, 1), ("eps", eps, 1), ("cos", cos, 1), ("sin", sin, 1),
+        ("cos_maps", cos_maps, MAP_LENGTH), ("sin_maps", sin_maps, MAP_LENGTH),
+    ):
+        if len(values) != count * per_stream:
+            raise ValueError(f"{name}: expected {count * per_stream} entries for {count} streams, got {len(values)}")
+    streams = tuple(
+        Stream(
+            xs[s], weights[s], float(eps[s]), cos[s], sin[s],
+            tuple(cos_maps[MAP_LENGTH * s: MAP_LENGTH * (s + 1)]),  # type: ignore[arg-type]
+            tuple(sin_maps[MAP_LENGTH * s: MAP_LENGTH * (s + 1)]),  # type: ignore[arg-type]
+        )
+        for s in range(count)
+    )
+    dim = streams[0].x.dim()
+    call = Rope(streams, norm, rounding, rotary_dim, interleaved, cat_dim % dim if dim else cat_dim, out_dtype)
+    error = argument_error(call, cat_dim)
+    if error is not None:
+        raise ValueError(error)
+    return call
+
+
+def argument_error(call: Rope, cat_dim: int | None = None) -> str | None:
+    """What is wrong with the call's settings and shapes (a wrong rewrite, never a fallback case)."""
+    if call.norm not in NORMS:
+        return f"norm: expected one of {NORMS}, got {call.norm!r}"
+    if call.rounding not in ROUNDINGS:
+        return f"rounding: expected one of {ROUNDINGS}, got {call.rounding!r}"
+    if call.norm == "none" and call.rounding != "none":
+        return f"rounding: expected 'none' without a norm, got {call.rounding!r}"
+    first = call.streams[0].x
+    if first.dim() < 2:
+        return f"xs[0]: expected at least 2 dims, got shape {tuple(first.shape)}"
+    if cat_dim is not None and not -first.dim() < cat_dim < first.dim() - 1 and cat_dim != -first.dim():
+        return f"cat_dim: expected a lead dim of the {first.dim()}-dim streams, got {cat_dim}"
+    if call.cat_dim == first.dim() - 1:
+        return f"cat_dim: expected a lead dim of the {first.dim()}-dim streams, got the last dim"
+    head_dim = first.shape[-1]
+    if not (call.rotary_dim % 2 == 0 and 0 < call.rotary_dim <= head_dim):
+        return f"rotary_dim: expected an even number in 2..{head_dim}, got {call.rotary_dim}"
+    if call.norm == "heads" and first.dim() < 3:
+        return f"norm: 'heads' needs a heads dim before the last, got shape {tuple(first.shape)}"
+    for s, stream in enumerate(call.streams):
+        x = stream.x
+        same = [size for d, size in enumerate(x.shape) if d != call.cat_dim]
+        expected = [size for d, size in enumerate(first.shape) if d != call.cat_dim]
+        if x.dim() != first.dim() or same != expected:
+            return f"xs[{s}]: expected shape {tuple(first.shape)} except along cat_dim {call.cat_dim}, got {tuple(x.shape)}"
+        if x.device != first.device:
+            return f"xs[{s}]: expected device {first.device}, got {x.device}"
+        if call.norm == "none" and stream.weight is not None:
+            return f"weights[{s}]: expected None without a norm, got a tensor"
+        if stream.weight is not None:
+            width = head_dim if call.norm == "head" else head_dim * x.shape[-2]
+            if tuple(stream.weight.shape) != (width,):
+                return f"weights[{s}]: expected shape ({width},) for norm {call.norm!r}, got {tuple(stream.weight.shape)}"
+        if (stream.cos is None) != (stream.sin is None):
+            return f"cos[{s}], sin[{s}]: expected both tables or neither"
+        if stream.cos is None:
+            continue
+        for name, table, table_map in (("cos", stream.cos, stream.cos_map), ("sin", stream.sin, stream.sin_map)):
+            error = _table_error(f"{name}[{s}]", table, table_map, x, call.rotary_dim)
+            if error is not None:
+                return error
+    return None
+
+
+def _table_error(name: str, table: torch.Tensor, table_map: tuple[int, ...], x: torch.Tensor, rotary_dim: int) -> str | None:
+    if table.dim() < 1 or not broadcasts_to(table.shape[:-1], x.shape[:-1]):
+        return f"{name}: shape {tuple(table.shape)} does not broadcast to x's lead dims {tuple(x.shape[:-1])} plus a last dim"
+    if table.device != x.device:
+        return f"{name}: expected device {x.device}, got {table.device}"
+    start, per_pair, per_member, part = table_map
+    if part not in (0, 1) or (part == 1 and not table.is_complex()):
+        return f"{name}: map part {part} is not 0 (real) or 1 (imaginary part of a complex table)"
+    half = rotary_dim // 2
+    corners = [start + i * per_pair + j * per_member for i in (0, half - 1) for j in (0, 1)]
+    if min(corners) < 0 or max(corners) >= table.shape[-1]:
+        return f"{name}: map {table_map} reads outside the table's last dim of {table.shape[-1]} for rotary_dim {rotary_dim}"
+    return None
+
+
+def unsupported_reason(call: Rope) -> str | None:
+    """Why the Triton kernel cannot run ``call``, or None when it can (checked on every call)."""
+    for s, stream in enumerate(call.streams):
+        if stream.x.dtype not in SUPPORTED_DTYPES:
+            return f"xs[{s}] dtype {stream.x.dtype} is not one of {sorted(map(str, SUPPORTED_DTYPES))}"
+        if stream.weight is not None and stream.weight.dtype not in SUPPORTED_DTYPES:
+            return f"weights[{s}] dtype {stream.weight.dtype} is not one of {sorted(map(str, SUPPORTED_DTYPES))}"
+        for name, table in (("cos", stream.cos), ("sin", stream.sin)):
+            if table is not None and table.dtype not in TABLE_DTYPES:
+                return f"{name}[{s}] dtype {table.dtype} is not one of {sorted(map(str, TABLE_DTYPES))}"
+        if stream.x.dim() > LEADING_DIMS + 1:
+            return f"xs[{s}] has {stream.x.dim()} dims; the kernel takes 2 to {LEADING_DIMS + 1}"
+    if call.out_dtype not in SUPPORTED_DTYPES:
+        return f"out_dtype {call.out_dtype} is not one of {sorted(map(str, SUPPORTED_DTYPES))}"
+    x = call.streams[0].x
+    if x.shape[-1] > MAX_HEAD_DIM:
+        return f"head dim {x.shape[-1]} is over {MAX_HEAD_DIM}"
+    if call.norm == "heads" and x.shape[-1] * x.shape[-2] > MAX_TOKEN_WIDTH:
+        return f"a token's {x.shape[-2]} heads of {x.shape[-1]} are over {MAX_TOKEN_WIDTH} elements"
+    return None
+
+
+# --- Reference -----------------------------------------------------------------------------------
+
+
+def _coefficients(table: torch.Tensor, table_map: tuple[int, ...], half: int, work: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    # The table's coefficient for members a and b of every pair: two [*lead_T, half] tensors.
+    start, per_pair, per_member, part = table_map
+    values = torch.view_as_real(table)[..., part] if table.is_complex() else table
+    first = start + per_pair * torch.arange(half, device=table.device)
+    return values[..., first].to(work), values[..., first + per_member].to(work)
+
+
+def reference(call: Rope) -> torch.Tensor:
+    """Pure-torch output with fp32 math and the graph's roundings of the normalized value."""
+    work = torch.float32
+    half = call.rotary_dim // 2
+    pairs = torch.arange(half, device=call.streams[0].x.device)
+    first = 2 * pairs if call.interleaved else pairs
+    second = first + 1 if call.interleaved else pairs + half
+    outputs = []
+    for stream in call.streams:
+        value = stream.x.to(work)
+        if call.norm != "none":
+            dims = (-1,) if call.norm == "head" else (-2, -1)
+            value = value * torch.rsqrt(value.square().mean(dims, keepdim=True) + stream.eps)
+            if call.round_before_weight:
+                value = value.to(stream.x.dtype).to(work)
+            if stream.weight is not None:
+                value = value * stream.weight.to(work).reshape(value.shape[-2:] if call.norm == "heads" else (-1,))
+            if call.round_after_weight:
+                value = value.to(stream.x.dtype).to(work)
+        if stream.cos is not None:
+            cos_a, cos_b = _coefficients(stream.cos, stream.cos_map, half, work)
+            sin_a, sin_b = _coefficients(stream.sin, stream.sin_map, half, work)
+            a, b = value[..., first], value[..., second]
+            value = value.clone()
+            value[..., first] = a * cos_a - b * sin_a
+            value[..., second] = b * cos_b + a * sin_b
+        outputs.append(value.to(call.out_dtype))
+    return torch.cat(outputs, dim=call.cat_dim).contiguous()
+
+
+# --- Kernel --------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _table_pair(ptr, row_offset, head_offset, pairs, pair_mask, per_pair, per_member, PER_HEAD: tl.constexpr):
+    # A table's coefficients for members a and b of every pair: [1, BLOCK_P], or [BLOCK_H, BLOCK_P]
+    # where the table varies over the program's heads.
+    if PER_HEAD:
+        offsets = row_offset + head_offset[:, None] + pairs[None, :] * per_pair
+        mask = pair_mask[None, :] & (head_offset[:, None] >= 0)
+    else:
+        offsets = row_offset + pairs * per_pair
+        mask = pair_mask
+        offsets = offsets[None, :]
+        mask = mask[None, :]
+    first = tl.load(ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    second = tl.load(ptr + offsets + per_member, mask=mask, other=0.0).to(tl.float32)
+    return first, second
+
+
+@triton.jit
+def _round_to(value, like_ptr):
+    return value.to(like_ptr.dtype.element_ty).to(tl.float32)
+
+
+@triton.jit
+def _rope_kernel(
+    x_ptr, out_ptr, weight_ptr, cos_ptr, sin_ptr,
+    n1, n2, head_blocks,
+    sx0, sx1, sx2, sxd, so0, so1, so2, sod,
+    sc0, sc1, sc2, cos_base, cos_pair, cos_member,
+    ss0, ss1, ss2, sin_base, sin_pair, sin_member,
+    weight_head_stride, eps, inv_width,
+    HEAD_DIM: tl.constexpr, HALF: tl.constexpr, INTERLEAVED: tl.constexpr,
+    NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, ROUND_BEFORE_WEIGHT: tl.constexpr, ROUND_AFTER_WEIGHT: tl.constexpr,
+    HAS_ROPE: tl.constexpr, TABLE_PER_HEAD: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    # One program: BLOCK_H heads (the last lead dim, n2) of one (i0, i1). NORM: 0 none, 1 per
+    # head, 2 over all heads (then BLOCK_H >= n2). Columns: pairs (a, b) of the first 2 * HALF,
+    # then HEAD_DIM - 2 * HALF pass-through columns.
+    pid = tl.program_id(0)
+    row = pid // head_blocks
+    i0 = (row // n1).to(tl.int64)
+    i1 = (row % n1).to(tl.int64)
+    heads = (pid % head_blocks) * BLOCK_H + tl.arange(0, BLOCK_H)
+    head_mask = heads < n2
+    pairs = tl.arange(0, BLOCK_P)
+    pair_mask = pairs < HALF
+    if INTERLEAVED:
+        col_a = 2 * pairs
+        col_b = col_a + 1
+    else:
+        col_a = pairs
+        col_b = pairs + HALF
+    mask = head_mask[:, None] & pair_mask[None, :]
+    x_row = x_ptr + i0 * sx0 + i1 * sx1 + heads[:, None].to(tl.int64) * sx2
+    a = tl.load(x_row + col_a[None, :] * sxd, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(x_row + col_b[None, :] * sxd, mask=mask, other=0.0).to(tl.float32)
+    HAS_PASS: tl.constexpr = HEAD_DIM > 2 * HALF
+    if HAS_PASS:
+        col_t = 2 * HALF + tl.arange(0, BLOCK_T)
+        mask_t = head_mask[:, None] & (col_t < HEAD_DIM)[None, :]
+        t = tl.load(x_row + col_t[None, :] * sxd, mask=mask_t, other=0.0).to(tl.float32)
+    if NORM > 0:
+        squares = tl.sum(a * a, axis=1) + tl.sum(b * b, axis=1)
+        if HAS_PASS:
+            squares += tl.sum(t * t, axis=1)
+        if NORM == 2:
+            squares = tl.zeros_like(squares) + tl.sum(squares, axis=0)
+        rstd = tl.rsqrt(squares * inv_width + eps)[:, None]
+        a = a * rstd
+        b = b * rstd
+        if HAS_PASS:
+            t = t * rstd
+        if ROUND_BEFORE_WEIGHT:
+            a = _round_to(a, x_ptr)
+            b = _round_to(b, x_ptr)
+            if HAS_PASS:
+                t = _round_to(t, x_ptr)
+        if HAS_WEIGHT:
+            w_row = weight_ptr + heads[:, None] * weight_head_stride
+            a = a * tl.load(w_row + col_a[None, :], mask=mask, other=0.0).to(tl.float32)
+            b = b * tl.load(w_row + col_b[None, :], mask=mask, other=0.0).to(tl.float32)
+            if HAS_PASS:
+                t = t * tl.load(w_row + col_t[None, :], mask=mask_t, other=0.0).to(tl.float32)
+        if ROUND_AFTER_WEIGHT:
+            a = _round_to(a, x_ptr)
+            b = _round_to(b, x_ptr)
+            if HAS_PASS:
+                t = _round_to(t, x_ptr)
+    if HAS_ROPE:
+        # Masked-off heads get offset -1 so the per-head table mask drops them.
+        cos_heads = tl.where(head_mask, heads.to(tl.int64) * sc2, -1)
+        sin_heads = tl.where(head_mask, heads.to(tl.int64) * ss2, -1)
+        cos_a, cos_b = _table_pair(
+            cos_ptr, i0 * sc0 + i1 * sc1 + cos_base, cos_heads, pairs, pair_mask, cos_pair, cos_member, TABLE_PER_HEAD
+        )
+        sin_a, sin_b = _table_pair(
+            sin_ptr, i0 * ss0 + i1 * ss1 + sin_base, sin_heads, pairs, pair_mask, sin_pair, sin_member, TABLE_PER_HEAD
+        )
+        a, b = a * cos_a - b * sin_a, b * cos_b + a * sin_b
+    out_row = out_ptr + i0 * so0 + i1 * so1 + heads[:, None].to(tl.int64) * so2
+    out_type = out_ptr.dtype.element_ty
+    tl.store(out_row + col_a[None, :] * sod, a.to(out_type), mask=mask)
+    tl.store(out_row + col_b[None, :] * sod, b.to(out_type), mask=mask)
+    if HAS_PASS:
+        tl.store(out_row + col_t[None, :] * sod, t.to(out_type), mask=mask_t)
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchConfig:
+    """Heads per program and warps."""
+
+    block_heads: int
+    num_warps: int
+
+
+# Elements of x one program moves: enough to amortize the table row, few enough for occupancy.
+TARGET_PROGRAM_ELEMENTS = 1024
+
+
+@functools.cache
+def launch_config(heads: int, head_dim: int, across_heads: bool) -> LaunchConfig:
+    """Heads per program: all of them for a norm across heads, else a power of two near the
+    target that divides ``heads`` where one does (no masked-off heads)."""
+    block_dim = triton.next_power_of_2(head_dim)
+    if across_heads:
+        block_heads = triton.next_power_of_2(heads)
+    else:
+        target = max(1, TARGET_PROGRAM_ELEMENTS // block_dim)
+        block_heads = min(triton.next_power_of_2(heads), target)
+        while block_heads > 1 and heads % block_heads and heads % (block_heads // 2) == 0 and block_heads > target // 4:
+            block_heads //= 2
+    num_warps = min(8, max(1, block_heads * block_dim // 512))
+    return LaunchConfig(block_heads, num_warps)
+
+
+def _lead_strides(tensor: torch.Tensor, lead: tuple[int, ...]) -> list[int]:
+    # Strides of ``tensor``'s dims but the last, broadcast to ``lead`` (0 where broadcast), padded.
+    strides = [0 if size == 1 else stride for size, stride in zip(tensor.shape[:-1], tensor.stride()[:-1])]
+    return [0] * (len(lead) - len(strides)) + strides
+
+
+def _table_args(table: torch.Tensor, table_map: tuple[int, ...], lead: tuple[int, ...]) -> tuple[torch.Tensor, list[int]]:
+    # (real tensor, lead strides + [base, per pair, per member]) in elements of the real view.
+    start, per_pair, per_member, part = table_map
+    real = torch.view_as_real(table) if table.is_complex() else table
+    # Strides of the real view: a complex element is two of its elements.
+    strides = real.stride()[: table.dim()]
+    width_stride = strides[-1]
+    lead_strides = [0 if size == 1 else stride for size, stride in zip(table.shape[:-1], strides[:-1])]
+    lead_strides = [0] * (len(lead) - len(lead_strides)) + lead_strides
+    return real, lead_strides + [start * width_stride + part, per_pair * width_stride, per_member * width_stride]
+
+
+def _launch_stream(call: Rope, stream: Stream, out: torch.Tensor, config: LaunchConfig | None) -> None:
+    x = stream.x
+    if x.numel() == 0:
+        return
+    lead = collapse_leading_dims(x.shape)
+    x_strides = _lead_strides(x, lead) if x.dim() > 1 else []
+    out_strides = _lead_strides(out, lead)
+    head_dim = x.shape[-1]
+    rope = stream.cos is not None
+    if rope:
+        cos, cos_args = _table_args(stream.cos, stream.cos_map, lead)
+        sin, sin_args = _table_args(stream.sin, stream.sin_map, lead)
+    else:
+        cos = sin = x
+        cos_args = sin_args = [0] * (LEADING_DIMS + 3)
+    # The program's heads are a lead dim the tables broadcast over (each table row then loads
+    # once for all of them): the heads of [B, L, H, D] or of [B, H, L, D]. A norm over all heads
+    # keeps the dim before the last.
+    order = [0, 1, 2]
+    if call.norm != "heads":
+        shared = [d for d in range(LEADING_DIMS) if lead[d] > 1 and cos_args[d] == 0 and sin_args[d] == 0]
+        if shared:
+            block_dim = max(shared, key=lambda d: lead[d])
+            order = [d for d in order if d != block_dim] + [block_dim]
+    lead = tuple(lead[d] for d in order)
+    x_strides, out_strides = [x_strides[d] for d in order], [out_strides[d] for d in order]
+    cos_args = [cos_args[d] for d in order] + cos_args[LEADING_DIMS:]
+    sin_args = [sin_args[d] for d in order] + sin_args[LEADING_DIMS:]
+    config = config or launch_config(lead[2], head_dim, call.norm == "heads")
+    if call.norm == "heads" and config.block_heads < lead[2]:
+        raise ValueError(f"config: norm 'heads' needs block_heads >= {lead[2]}, got {config.block_heads}")
+    head_blocks = triton.cdiv(lead[2], config.block_heads)
+    half = call.rotary_dim // 2
+    width = head_dim * (lead[2] if call.norm == "heads" else 1)
+    weight = stream.weight
+    _rope_kernel[(lead[0] * lead[1] * head_blocks,)](
+        x, out, weight if weight is not None else x, cos, sin,
+        lead[1], lead[2], head_blocks,
+        *x_strides, x.stride(-1), *out_strides, out.stride(-1),
+        *cos_args, *sin_args,
+        head_dim if call.norm == "heads" else 0, stream.eps, 1.0 / width,
+        HEAD_DIM=head_dim, HALF=half, INTERLEAVED=call.interleaved,
+        NORM=NORMS.index(call.norm), HAS_WEIGHT=weight is not None,
+        ROUND_BEFORE_WEIGHT=call.norm != "none" and call.round_before_weight,
+        ROUND_AFTER_WEIGHT=call.norm != "none" and call.round_after_weight,
+        HAS_ROPE=rope, TABLE_PER_HEAD=rope and (cos_args[2] != 0 or sin_args[2] != 0),
+        BLOCK_H=config.block_heads, BLOCK_P=triton.next_power_of_2(half),
+        BLOCK_T=triton.next_power_of_2(max(head_dim - 2 * half, 1)),
+        num_warps=config.num_warps,
+    )
+
+
+def rope_triton(call: Rope, config: LaunchConfig | None = None) -> torch.Tensor:
+    """Run the kernel on ``call`` (one launch per stream, each into its slice of the output)."""
+    reason = argument_error(call) or unsupported_reason(call)
+    if reason is not None:
+        raise ValueError(f"rope_triton: {reason}")
+    return _launch(call, config)
+
+
+def _launch(call: Rope, config: LaunchConfig | None = None) -> torch.Tensor:
+    first = call.streams[0].x
+    out = torch.empty(call.out_shape, dtype=call.out_dtype, device=first.device)
+    offset = 0
+    for stream in call.streams:
+        length = stream.x.shape[call.cat_dim]
+        _launch_stream(call, stream, out.narrow(call.cat_dim, offset, length), config)
+        offset += length
+    return out
+
+
+@torch.library.custom_op("fusion_passes::rope", mutates_args=())
+def rope(
+    xs: Sequence[torch.Tensor],
+    weights: Sequence[torch.Tensor | None],
+    eps: Sequence[float],
+    cos: Sequence[torch.Tensor | None],
+    sin: Sequence[torch.Tensor | None],
+    cos_maps: Sequence[int],
+    sin_maps: Sequence[int],
+    norm: str,
+    rounding: str,
+    rotary_dim: int,
+    interleaved: bool,
+    cat_dim: int,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """F4/F5: per stream optional RMSNorm then rotary embedding; streams joined along ``cat_dim``."""
+    call = make_call(xs, weights, eps, cos, sin, cos_maps, sin_maps, norm, rounding, rotary_dim, interleaved, cat_dim, out_dtype)
+    first = call.streams[0].x
+    if first.device.type != "cuda" or unsupported_reason(call) is not None:
+        return reference(call)
+    with torch.cuda.device(first.device):
+        return _launch(call)
+
+
+@rope.register_fake
+def _rope_fake(xs, weights, eps, cos, sin, cos_maps, sin_maps, norm, rounding, rotary_dim, interleaved, cat_dim, out_dtype):
+    shape = list(xs[0].shape)
+    shape[cat_dim] = sum(x.shape[cat_dim] for x in xs)
+    return xs[0].new_empty(shape, dtype=out_dtype)
