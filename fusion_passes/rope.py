@@ -46,8 +46,12 @@ aten = torch.ops.aten
 _CONVERT = torch.ops.prims.convert_element_type.default
 ROPE_OP = torch.ops.fusion_passes.rope.default
 
-# Where the fused op was measured faster than Inductor alone on CUDA (docs/BENCHMARKS.md).
-MIN_CUDA_ELEMENTS = 1 << 16
+# Where the fused op was measured faster than Inductor alone on CUDA (docs/BENCHMARKS.md, H200):
+# with real tables, Inductor fuses a rotation alone into one kernel near the memory floor (ours
+# measured 0.89-0.93x), and with a norm it wins from 256 x 24 x 128 elements per stream group
+# (1.35x) but loses at 64 x 24 x 128 (0.73x). Complex chains run as eager kernels under Inductor:
+# fused at every size (1.9-4.2x measured).
+MIN_CUDA_ELEMENTS = 1 << 19
 
 # A chain is looked for within this many nodes before its output.
 MAX_CHAIN_NODES = 64
@@ -222,6 +226,18 @@ def _unbound(it: Interpreter, node: torch.fx.Node, source: Any, dim: int = 0) ->
     return tuple(value.replace(np.take(value.terms, index, axis=axis)) for index in range(value.terms.shape[axis]))
 
 
+def _split(it: Interpreter, node: torch.fx.Node, source: Any, sizes: int | Sequence[int], dim: int = 0) -> tuple[Linear, ...]:
+    value = it._linear(source)
+    axis = it._trailing_axis(source, dim)
+    length = value.terms.shape[axis]
+    if isinstance(sizes, int):
+        sizes = [min(sizes, length - start) for start in range(0, length, sizes)]
+    bounds = np.cumsum([0, *sizes])
+    return tuple(
+        value.replace(np.take(value.terms, range(start, end), axis=axis)) for start, end in zip(bounds[:-1], bounds[1:])
+    )
+
+
 def _item(it: Interpreter, node: torch.fx.Node, source: Any, index: int) -> Linear:
     values = it.evaluate(source)
     if not isinstance(values, tuple):
@@ -358,6 +374,8 @@ _HANDLERS: dict[Any, Any] = {
     _CONVERT: _converted,
     aten.neg.default: _negative,
     aten.unbind.int: _unbound,
+    aten.split.Tensor: _split,
+    aten.split_with_sizes.default: _split,
     operator.getitem: _item,
     aten.slice.Tensor: _sliced,
     aten.select.int: _selected,
@@ -371,7 +389,7 @@ _HANDLERS: dict[Any, Any] = {
     aten.view_as_real.default: _as_real,
 }
 # Ops that split x's last dim into the members of pairs: a chain without one rotates nothing.
-_PAIRING_TARGETS = {aten.unbind.int, aten.slice.Tensor, aten.select.int, aten.view_as_complex.default, aten.slice_scatter.default}
+_PAIRING_TARGETS = {aten.unbind.int, aten.split.Tensor, aten.split_with_sizes.default, aten.slice.Tensor, aten.select.int, aten.view_as_complex.default, aten.slice_scatter.default}
 
 
 # --- What a rotation chain is ---------------------------------------------------------------------
@@ -773,11 +791,13 @@ def _check(group: Group, config: FusionConfig) -> str | None:
 
 
 def _cuda_size_rule(group: Group, call: rope_kernels.Rope) -> str | None:
+    if any(_value(table).is_complex() for table in _rotation_tables(group)):
+        return None
+    if not group.normed:
+        return "a rotation with real tables and no norm to absorb: Inductor's own kernel was measured faster on CUDA"
     elements = sum(stream.x.numel() for stream in call.streams)
-    complex_tables = any(_value(table).is_complex() for table in _rotation_tables(group))
-    # Inductor has no complex codegen: complex chains run as eager kernels at every size.
-    if not complex_tables and elements < MIN_CUDA_ELEMENTS:
-        return f"x has {elements} elements, below the measured CUDA break-even {MIN_CUDA_ELEMENTS}"
+    if elements < MIN_CUDA_ELEMENTS:
+        return f"the streams have {elements} elements, below the measured CUDA break-even {MIN_CUDA_ELEMENTS}"
     return None
 
 

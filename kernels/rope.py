@@ -258,25 +258,35 @@ def reference(call: Rope) -> torch.Tensor:
 
 
 @triton.jit
-def _table_pair(ptr, row_offset, head_offset, pairs, pair_mask, per_pair, per_member, PER_HEAD: tl.constexpr):
-    # A table's coefficients for members a and b of every pair: [1, BLOCK_P], or [BLOCK_H, BLOCK_P]
-    # where the table varies over the program's heads.
-    if PER_HEAD:
-        offsets = row_offset + head_offset[:, None] + pairs[None, :] * per_pair
-        mask = pair_mask[None, :] & (head_offset[:, None] >= 0)
-    else:
-        offsets = row_offset + pairs * per_pair
-        mask = pair_mask
-        offsets = offsets[None, :]
-        mask = mask[None, :]
-    first = tl.load(ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    second = tl.load(ptr + offsets + per_member, mask=mask, other=0.0).to(tl.float32)
-    return first, second
+def _round_to(value, like_ptr):
+    return value.to(like_ptr.dtype.element_ty).to(tl.float32)
 
 
 @triton.jit
-def _round_to(value, like_ptr):
-    return value.to(like_ptr.dtype.element_ty).to(tl.float32)
+def _normalized(value, rstd, weight_row, cols, mask, HAS_WEIGHT: tl.constexpr, ROUND_BEFORE_WEIGHT: tl.constexpr,
+                ROUND_AFTER_WEIGHT: tl.constexpr, like_ptr):
+    # One tile of columns normalized, with the graph's roundings to the input dtype.
+    value = value * rstd[:, None]
+    if ROUND_BEFORE_WEIGHT:
+        value = _round_to(value, like_ptr)
+    if HAS_WEIGHT:
+        value = value * tl.load(weight_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if ROUND_AFTER_WEIGHT:
+        value = _round_to(value, like_ptr)
+    return value
+
+
+@triton.jit
+def _table(ptr, row_offset, head_offsets, cols, col_mask, PER_HEAD: tl.constexpr):
+    # Table elements at ``cols`` for the program's token: [1, N], or [BLOCK_H, N] where the table
+    # varies over the program's heads (masked-off heads have offset -1).
+    if PER_HEAD:
+        offsets = row_offset + head_offsets[:, None] + cols[None, :]
+        mask = (head_offsets[:, None] >= 0) & col_mask[None, :]
+    else:
+        offsets = row_offset + cols[None, :]
+        mask = col_mask[None, :]
+    return tl.load(ptr + offsets, mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -293,75 +303,74 @@ def _rope_kernel(
     BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     # One program: BLOCK_H heads (the last lead dim, n2) of one (i0, i1). NORM: 0 none, 1 per
-    # head, 2 over all heads (then BLOCK_H >= n2). Columns: pairs (a, b) of the first 2 * HALF,
-    # then HEAD_DIM - 2 * HALF pass-through columns.
+    # head, 2 over all heads (then BLOCK_H >= n2). Columns: 2 * HALF rotated, then HEAD_DIM -
+    # 2 * HALF passed through. Interleaved pairs stay one contiguous tile ("first", vector loads
+    # and stores) split into members only around the rotation; half-split pairs are two tiles.
     pid = tl.program_id(0)
     row = pid // head_blocks
     i0 = (row // n1).to(tl.int64)
     i1 = (row % n1).to(tl.int64)
     heads = (pid % head_blocks) * BLOCK_H + tl.arange(0, BLOCK_H)
     head_mask = heads < n2
-    pairs = tl.arange(0, BLOCK_P)
-    pair_mask = pairs < HALF
-    if INTERLEAVED:
-        col_a = 2 * pairs
-        col_b = col_a + 1
-    else:
-        col_a = pairs
-        col_b = pairs + HALF
-    mask = head_mask[:, None] & pair_mask[None, :]
     x_row = x_ptr + i0 * sx0 + i1 * sx1 + heads[:, None].to(tl.int64) * sx2
-    a = tl.load(x_row + col_a[None, :] * sxd, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(x_row + col_b[None, :] * sxd, mask=mask, other=0.0).to(tl.float32)
+    out_row = out_ptr + i0 * so0 + i1 * so1 + heads[:, None].to(tl.int64) * so2
+    w_row = weight_ptr + heads[:, None] * weight_head_stride
+    if INTERLEAVED:
+        first_cols = tl.arange(0, 2 * BLOCK_P)
+        first_valid = first_cols < 2 * HALF
+    else:
+        first_cols = tl.arange(0, BLOCK_P)
+        first_valid = first_cols < HALF
+        second_cols = first_cols + HALF
+    first_mask = head_mask[:, None] & first_valid[None, :]
+    first = tl.load(x_row + first_cols[None, :] * sxd, mask=first_mask, other=0.0).to(tl.float32)
+    if not INTERLEAVED:
+        second = tl.load(x_row + second_cols[None, :] * sxd, mask=first_mask, other=0.0).to(tl.float32)
     HAS_PASS: tl.constexpr = HEAD_DIM > 2 * HALF
     if HAS_PASS:
-        col_t = 2 * HALF + tl.arange(0, BLOCK_T)
-        mask_t = head_mask[:, None] & (col_t < HEAD_DIM)[None, :]
-        t = tl.load(x_row + col_t[None, :] * sxd, mask=mask_t, other=0.0).to(tl.float32)
+        pass_cols = 2 * HALF + tl.arange(0, BLOCK_T)
+        pass_mask = head_mask[:, None] & (pass_cols < HEAD_DIM)[None, :]
+        passed = tl.load(x_row + pass_cols[None, :] * sxd, mask=pass_mask, other=0.0).to(tl.float32)
     if NORM > 0:
-        squares = tl.sum(a * a, axis=1) + tl.sum(b * b, axis=1)
+        squares = tl.sum(first * first, axis=1)
+        if not INTERLEAVED:
+            squares += tl.sum(second * second, axis=1)
         if HAS_PASS:
-            squares += tl.sum(t * t, axis=1)
+            squares += tl.sum(passed * passed, axis=1)
         if NORM == 2:
             squares = tl.zeros_like(squares) + tl.sum(squares, axis=0)
-        rstd = tl.rsqrt(squares * inv_width + eps)[:, None]
-        a = a * rstd
-        b = b * rstd
+        rstd = tl.rsqrt(squares * inv_width + eps)
+        first = _normalized(first, rstd, w_row, first_cols, first_mask, HAS_WEIGHT, ROUND_BEFORE_WEIGHT, ROUND_AFTER_WEIGHT, x_ptr)
+        if not INTERLEAVED:
+            second = _normalized(second, rstd, w_row, second_cols, first_mask, HAS_WEIGHT, ROUND_BEFORE_WEIGHT, ROUND_AFTER_WEIGHT, x_ptr)
         if HAS_PASS:
-            t = t * rstd
-        if ROUND_BEFORE_WEIGHT:
-            a = _round_to(a, x_ptr)
-            b = _round_to(b, x_ptr)
-            if HAS_PASS:
-                t = _round_to(t, x_ptr)
-        if HAS_WEIGHT:
-            w_row = weight_ptr + heads[:, None] * weight_head_stride
-            a = a * tl.load(w_row + col_a[None, :], mask=mask, other=0.0).to(tl.float32)
-            b = b * tl.load(w_row + col_b[None, :], mask=mask, other=0.0).to(tl.float32)
-            if HAS_PASS:
-                t = t * tl.load(w_row + col_t[None, :], mask=mask_t, other=0.0).to(tl.float32)
-        if ROUND_AFTER_WEIGHT:
-            a = _round_to(a, x_ptr)
-            b = _round_to(b, x_ptr)
-            if HAS_PASS:
-                t = _round_to(t, x_ptr)
+            passed = _normalized(passed, rstd, w_row, pass_cols, pass_mask, HAS_WEIGHT, ROUND_BEFORE_WEIGHT, ROUND_AFTER_WEIGHT, x_ptr)
     if HAS_ROPE:
-        # Masked-off heads get offset -1 so the per-head table mask drops them.
+        cos_row = i0 * sc0 + i1 * sc1 + cos_base
+        sin_row = i0 * ss0 + i1 * ss1 + sin_base
         cos_heads = tl.where(head_mask, heads.to(tl.int64) * sc2, -1)
         sin_heads = tl.where(head_mask, heads.to(tl.int64) * ss2, -1)
-        cos_a, cos_b = _table_pair(
-            cos_ptr, i0 * sc0 + i1 * sc1 + cos_base, cos_heads, pairs, pair_mask, cos_pair, cos_member, TABLE_PER_HEAD
-        )
-        sin_a, sin_b = _table_pair(
-            sin_ptr, i0 * ss0 + i1 * ss1 + sin_base, sin_heads, pairs, pair_mask, sin_pair, sin_member, TABLE_PER_HEAD
-        )
-        a, b = a * cos_a - b * sin_a, b * cos_b + a * sin_b
-    out_row = out_ptr + i0 * so0 + i1 * so1 + heads[:, None].to(tl.int64) * so2
+        if INTERLEAVED:
+            # Tables read at each rotated column's (pair, member) element, in x's tile layout.
+            pair, member = first_cols // 2, first_cols % 2
+            cos = _table(cos_ptr, cos_row, cos_heads, pair * cos_pair + member * cos_member, first_valid, TABLE_PER_HEAD)
+            sin = _table(sin_ptr, sin_row, sin_heads, pair * sin_pair + member * sin_member, first_valid, TABLE_PER_HEAD)
+            a, b = tl.split(tl.reshape(first, [BLOCK_H, BLOCK_P, 2]))
+            cos_a, cos_b = tl.split(tl.reshape(cos, [cos.shape[0], BLOCK_P, 2]))
+            sin_a, sin_b = tl.split(tl.reshape(sin, [sin.shape[0], BLOCK_P, 2]))
+            first = tl.reshape(tl.join(a * cos_a - b * sin_a, b * cos_b + a * sin_b), [BLOCK_H, 2 * BLOCK_P])
+        else:
+            cos_a = _table(cos_ptr, cos_row, cos_heads, first_cols * cos_pair, first_valid, TABLE_PER_HEAD)
+            cos_b = _table(cos_ptr, cos_row, cos_heads, first_cols * cos_pair + cos_member, first_valid, TABLE_PER_HEAD)
+            sin_a = _table(sin_ptr, sin_row, sin_heads, first_cols * sin_pair, first_valid, TABLE_PER_HEAD)
+            sin_b = _table(sin_ptr, sin_row, sin_heads, first_cols * sin_pair + sin_member, first_valid, TABLE_PER_HEAD)
+            first, second = first * cos_a - second * sin_a, second * cos_b + first * sin_b
     out_type = out_ptr.dtype.element_ty
-    tl.store(out_row + col_a[None, :] * sod, a.to(out_type), mask=mask)
-    tl.store(out_row + col_b[None, :] * sod, b.to(out_type), mask=mask)
+    tl.store(out_row + first_cols[None, :] * sod, first.to(out_type), mask=first_mask)
+    if not INTERLEAVED:
+        tl.store(out_row + second_cols[None, :] * sod, second.to(out_type), mask=first_mask)
     if HAS_PASS:
-        tl.store(out_row + col_t[None, :] * sod, t.to(out_type), mask=mask_t)
+        tl.store(out_row + pass_cols[None, :] * sod, passed.to(out_type), mask=pass_mask)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,8 +381,13 @@ class LaunchConfig:
     num_warps: int
 
 
-# Elements of x one program moves: enough to amortize the table row, few enough for occupancy.
+# Elements of x one program moves, and per warp. Swept on an H200 (docs/BENCHMARKS.md, bf16, D=128):
+# 8 heads in 2 warps at 24 heads (4 in 1 warp where 8 does not divide the heads, as at 12) are
+# within 4% of the best config at both SPEC shapes; one head per program is 3.4-4.3x slower. A
+# norm over all heads holds every head of a token, best with 1024 elements per warp.
 TARGET_PROGRAM_ELEMENTS = 1024
+ELEMENTS_PER_WARP = 512
+ELEMENTS_PER_WARP_ACROSS_HEADS = 1024
 
 
 @functools.cache
@@ -383,12 +397,14 @@ def launch_config(heads: int, head_dim: int, across_heads: bool) -> LaunchConfig
     block_dim = triton.next_power_of_2(head_dim)
     if across_heads:
         block_heads = triton.next_power_of_2(heads)
+        per_warp = ELEMENTS_PER_WARP_ACROSS_HEADS
     else:
         target = max(1, TARGET_PROGRAM_ELEMENTS // block_dim)
         block_heads = min(triton.next_power_of_2(heads), target)
         while block_heads > 1 and heads % block_heads and heads % (block_heads // 2) == 0 and block_heads > target // 4:
             block_heads //= 2
-    num_warps = min(8, max(1, block_heads * block_dim // 512))
+        per_warp = ELEMENTS_PER_WARP
+    num_warps = min(8, max(1, block_heads * block_dim // per_warp))
     return LaunchConfig(block_heads, num_warps)
 
 
