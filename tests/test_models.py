@@ -11,8 +11,10 @@ import collections
 import pytest
 import torch
 from tiny_models import MODELS
+from torch._inductor.utils import run_and_get_code
 
 import fusion_passes
+from fusion_passes.report import FusionRecord
 
 pytest.importorskip("diffusers")
 
@@ -21,9 +23,16 @@ CPU_OPTIONS = {"fusion_passes": {"devices": ("cpu",)}}
 PARITY = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 
 
+def kind(record: FusionRecord) -> str:
+    """A fusion's SPEC.md kind: F1 (adaln), F2 (residual_adaln), F4 (rope with its norm), F5 (rope alone)."""
+    if record.fusion == "rope":
+        return "F4" if " -> rope[" in record.pattern else "F5"
+    return {"adaln": "F1", "residual_adaln": "F2"}[record.fusion]
+
+
 def kinds(graph: fusion_passes.GraphReport) -> dict[str, int]:
-    """Fusions of a graph by SPEC.md kind: F1 (adaln), F2 (residual_adaln), F3 (either, select01)."""
-    counts = collections.Counter({"adaln": "F1", "residual_adaln": "F2"}[record.fusion] for record in graph.fused)
+    """Fusions of a graph by SPEC.md kind (F3: F1 or F2 with a per-row choice, counted again)."""
+    counts = collections.Counter(kind(record) for record in graph.fused)
     counts["F3"] = sum("select01" in record.pattern for record in graph.fused)
     return {kind: count for kind, count in counts.items() if count}
 
@@ -41,25 +50,34 @@ def kinds(graph: fusion_passes.GraphReport) -> dict[str, int]:
 # - HunyuanVideo (2 double, 2 single, refiner): as FLUX, except that the text stream enters the
 #   first double block from the token refiner's residual sum (F2); the refiner's norms are
 #   unmodulated.
+#
+# RoPE: q and k of every self-attention fuse with their RMSNorm (F4), one call per q or k:
+# - FLUX: double blocks cat the normalized text and image streams before one rotation over the
+#   joint sequence (two streams); single blocks rotate the normalized joint q, k.
+# - Qwen-Image: each stream rotated with its own complex table, then cat (two streams).
+# - Wan: RMSNorm over all heads before the head split, slice-assignment rotation.
+# - HunyuanVideo: double blocks rotate the image stream and cat the normalized text unrotated;
+#   single blocks rotate the image prefix of one normalized sequence (two streams each).
 WHOLE = {
-    "flux": {"F1": 5, "F2": 6},
-    "qwen_image": {"F1": 4, "F2": 4},
-    "qwen_image_edit": {"F1": 4, "F2": 4, "F3": 4},
-    "wan": {"F1": 2, "F2": 3},
-    "wan_per_token": {"F1": 2, "F2": 3},
-    "hunyuan_video": {"F1": 4, "F2": 7},
+    "flux": {"F1": 5, "F2": 6, "F4": 8},
+    "qwen_image": {"F1": 4, "F2": 4, "F4": 4},
+    "qwen_image_edit": {"F1": 4, "F2": 4, "F3": 4, "F4": 4},
+    "wan": {"F1": 2, "F2": 3, "F4": 4},
+    "wan_per_token": {"F1": 2, "F2": 3, "F4": 4},
+    "hunyuan_video": {"F1": 4, "F2": 7, "F4": 8},
 }
 
 # Each repeated block compiled alone: its input is a graph input, so each block's first norms are
-# F1 and the norms after its attention residual F2. One entry per block class (HunyuanVideo's
+# F1 and the norms after its attention residual F2; the rotations (RoPE tables now graph inputs)
+# fuse as in the whole model. One entry per block class (HunyuanVideo's
 # token refiner blocks have no modulated norm).
 BLOCKS = {
-    "flux": [{"F1": 2, "F2": 2}, {"F1": 1}],
-    "qwen_image": [{"F1": 2, "F2": 2}],
-    "qwen_image_edit": [{"F1": 2, "F2": 2, "F3": 2}],
-    "wan": [{"F1": 1, "F2": 1}],
-    "wan_per_token": [{"F1": 1, "F2": 1}],
-    "hunyuan_video": [{"F1": 2, "F2": 2}, {"F1": 1}, {}],
+    "flux": [{"F1": 2, "F2": 2, "F4": 2}, {"F1": 1, "F4": 2}],
+    "qwen_image": [{"F1": 2, "F2": 2, "F4": 2}],
+    "qwen_image_edit": [{"F1": 2, "F2": 2, "F3": 2, "F4": 2}],
+    "wan": [{"F1": 1, "F2": 1, "F4": 2}],
+    "wan_per_token": [{"F1": 1, "F2": 1, "F4": 2}],
+    "hunyuan_video": [{"F1": 2, "F2": 2, "F4": 2}, {"F1": 1, "F4": 2}, {}],
 }
 
 
@@ -78,18 +96,29 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
+def complex_fallbacks(code: str) -> list[str]:
+    """Lines of Inductor's generated code that run complex math as eager kernels (complex tables
+    may still be inputs: the fused op reads them as they are)."""
+    return [line for line in code.splitlines() if "view_as_complex" in line or "view_as_real" in line]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("name", list(MODELS))
 def test_whole_transformer(name, dtype):
     model, inputs = MODELS[name](dtype)
     with torch.no_grad():
-        baseline = torch.compile(model)(**inputs, return_dict=False)[0]
+        baseline, baseline_code = run_and_get_code(lambda: torch.compile(model)(**inputs, return_dict=False)[0])
         torch._dynamo.reset()
-        fused = torch.compile(model, backend="fusion_passes", options=CPU_OPTIONS)(**inputs, return_dict=False)[0]
+        fused, code = run_and_get_code(
+            lambda: torch.compile(model, backend="fusion_passes", options=CPU_OPTIONS)(**inputs, return_dict=False)[0]
+        )
         eager = model(**inputs, return_dict=False)[0] if dtype == torch.float32 else None
     report = fusion_passes.report()
     assert len(report.graphs) == 1
     assert kinds(report.graphs[0]) == WHOLE[name], report.summary()
+    # Qwen-Image's complex RoPE runs as eager complex kernels under Inductor alone; fused, none is left.
+    assert bool(complex_fallbacks("".join(baseline_code))) == name.startswith("qwen_image")
+    assert complex_fallbacks("".join(code)) == []
     assert relative_error(fused, baseline) < PARITY[dtype]
     if eager is not None:
         assert relative_error(fused, eager) < PARITY[dtype]
