@@ -40,7 +40,7 @@ from fusion_passes.config import FusionConfig
 from fusion_passes.kernels import rope as rope_kernels
 from fusion_passes.norms import EPS_SENTINEL, NORM_FORMS, TRACE_DTYPE, NormForm, normalized
 from fusion_passes.patterns import RewriteFamily, generalize, hinted, register_family, traced_pattern, with_signature
-from fusion_passes.report import GraphReport
+from fusion_passes.report import GraphReport, logger
 
 aten = torch.ops.aten
 _CONVERT = torch.ops.prims.convert_element_type.default
@@ -95,6 +95,16 @@ def _array(entries: Sequence[Any], shape: tuple[int, ...]) -> np.ndarray:
     for index, entry in enumerate(entries):
         array[index] = entry
     return array.reshape(shape)
+
+
+def _take(array: np.ndarray, index: Any, axis: int) -> np.ndarray:
+    # np.take, but a single element stays a 0-d array.
+    taken = np.take(array, index, axis=axis)
+    if isinstance(taken, np.ndarray):
+        return taken
+    scalar = np.empty((), dtype=object)
+    scalar[()] = taken
+    return scalar
 
 
 def _map(array: np.ndarray, fn: Any) -> np.ndarray:
@@ -223,7 +233,7 @@ def _negative(it: Interpreter, node: torch.fx.Node, source: Any) -> Linear:
 def _unbound(it: Interpreter, node: torch.fx.Node, source: Any, dim: int = 0) -> tuple[Linear, ...]:
     value = it._linear(source)
     axis = it._trailing_axis(source, dim)
-    return tuple(value.replace(np.take(value.terms, index, axis=axis)) for index in range(value.terms.shape[axis]))
+    return tuple(value.replace(_take(value.terms, index, axis)) for index in range(value.terms.shape[axis]))
 
 
 def _split(it: Interpreter, node: torch.fx.Node, source: Any, sizes: int | Sequence[int], dim: int = 0) -> tuple[Linear, ...]:
@@ -234,7 +244,7 @@ def _split(it: Interpreter, node: torch.fx.Node, source: Any, sizes: int | Seque
         sizes = [min(sizes, length - start) for start in range(0, length, sizes)]
     bounds = np.cumsum([0, *sizes])
     return tuple(
-        value.replace(np.take(value.terms, range(start, end), axis=axis)) for start, end in zip(bounds[:-1], bounds[1:])
+        value.replace(_take(value.terms, range(start, end), axis)) for start, end in zip(bounds[:-1], bounds[1:])
     )
 
 
@@ -261,7 +271,7 @@ def _sliced(
 
 def _selected(it: Interpreter, node: torch.fx.Node, source: Any, dim: int, index: int) -> Linear:
     value = it._linear(source)
-    return value.replace(np.take(value.terms, index, axis=it._trailing_axis(source, dim)))
+    return value.replace(_take(value.terms, index, it._trailing_axis(source, dim)))
 
 
 def _concatenated(it: Interpreter, node: torch.fx.Node, sources: Sequence[Any], dim: int = 0) -> Linear:
@@ -542,6 +552,9 @@ def find_rotation(output: torch.fx.Node, order: dict[torch.fx.Node, int]) -> Rot
             return rotation_of(result, x, output, _ancestors_within(output, derived) - {x})
         except NotARotation:
             continue
+        except Exception as error:  # noqa: BLE001  (a bug here must not fail the user's compile)
+            logger.warning("rope: interpreting %s from %s failed (%r); left unfused, please report", output, x, error)
+            continue
     return None
 
 
@@ -636,6 +649,8 @@ class Group:
     streams: list[Stream]
     cat_dim: int
     nodes: set[torch.fx.Node]  # graph nodes the fused call replaces (besides norms)
+    # Why norms the streams read were not absorbed (None: absorbed, or no norm there).
+    norm_miss: str | None = None
 
     @property
     def rotations(self) -> list[Rotation]:
@@ -723,14 +738,19 @@ def _absorb_norms(group: Group) -> None:
     # Every stream's norm, if all streams have one of the same kind and every use of each norm's
     # output is inside the group (the fused call then replaces the norms too).
     found = [_stream_norm(stream) for stream in group.streams]
+    if all(item is None for item in found):
+        return
     if any(item is None for item in found):
+        group.norm_miss = "some streams are normalized and some are not"
         return
     kinds = {("heads" if view is not None and view[0] == "split_heads" else "head", norm.rounding) for norm, view in found}
     if len(kinds) != 1:
+        group.norm_miss = "the streams' norms differ in kind or rounding"
         return
     inside = group.nodes | {stream.input for stream in group.streams} | {stream.value for stream in group.streams}
     for norm, _ in found:
         if not set(norm.output.users) <= inside:
+            group.norm_miss = f"the norm's output {norm.output.name} is also used outside the rotation"
             return
     for stream, (norm, view) in zip(group.streams, found):
         stream.norm, stream.view = norm, view
@@ -794,7 +814,8 @@ def _cuda_size_rule(group: Group, call: rope_kernels.Rope) -> str | None:
     if any(_value(table).is_complex() for table in _rotation_tables(group)):
         return None
     if not group.normed:
-        return "a rotation with real tables and no norm to absorb: Inductor's own kernel was measured faster on CUDA"
+        why = f" ({group.norm_miss})" if group.norm_miss else ""
+        return f"a rotation with real tables and no norm absorbed{why}: Inductor's own kernel was measured faster on CUDA"
     elements = sum(stream.x.numel() for stream in call.streams)
     if elements < MIN_CUDA_ELEMENTS:
         return f"the streams have {elements} elements, below the measured CUDA break-even {MIN_CUDA_ELEMENTS}"
