@@ -1,5 +1,7 @@
 """The fused ops inside compiled CUDA graphs (Triton kernel path); skipped without a GPU."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +12,9 @@ from test_adaln_patterns import (
     one_norm_two_modulations,
     select01_residual,
 )
+from test_rope_rules import complex_rope, joint_normed_rope, normed_rope
 from tiny_models import MODELS
+from torch._inductor.utils import run_and_get_code
 
 import fusion_passes
 
@@ -109,3 +113,49 @@ def test_models_bf16_on_cuda(name):
     (graph,) = fusion_passes.report().graphs
     assert kinds(graph) == WHOLE[name], graph.summary()
     assert relative_error(fused, plain) < PARITY[torch.bfloat16]
+
+
+def rope_args(fn, dtype, tokens=300, heads=6, head_dim=64):
+    """Inputs of a test_rope_rules spelling: [1, tokens, heads, head_dim] activations, fp32 tables."""
+    x = lambda length: cuda_randn(1, length, heads, head_dim, dtype=dtype)  # noqa: E731
+    weight = lambda: 1 + 0.1 * cuda_randn(head_dim, dtype=dtype)  # noqa: E731
+    angles = cuda_randn(tokens, 1, head_dim // 2)
+    if fn is complex_rope:
+        return [x(tokens), torch.polar(torch.ones_like(angles), angles)]
+    cos, sin = angles.cos().repeat_interleave(2, -1), angles.sin().repeat_interleave(2, -1)
+    if fn is joint_normed_rope:
+        return [x(tokens // 4), x(tokens - tokens // 4), weight(), weight(), cos, sin]
+    return [x(tokens), weight(), cos, sin]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("fn", [normed_rope, complex_rope, joint_normed_rope])
+def test_rope_runs_the_triton_kernel_with_parity(fn, dtype):
+    compare_with_inductor(fn, rope_args(fn, dtype), {"rope": 1})
+
+
+def attention(q, k, v, q_weight, k_weight, cos, sin):
+    """q/k norm and rope on [B, L, H, D], then attention on the [B, H, L, D] views, as diffusers does."""
+    q, k = normed_rope(q, q_weight, cos, sin), normed_rope(k, k_weight, cos, sin)
+    return F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)))
+
+
+def test_rope_output_feeds_attention_without_a_copy():
+    q, weight, cos, sin = rope_args(normed_rope, torch.bfloat16, tokens=1024, heads=8)
+    args = [q, cuda_randn(*q.shape, dtype=torch.bfloat16), cuda_randn(*q.shape, dtype=torch.bfloat16), weight, weight, cos, sin]
+    _, code = run_and_get_code(torch.compile(attention, backend="fusion_passes"), *args)
+    lines = [line.strip() for line in "".join(code).splitlines()]
+    names = {line.split(" = ")[0] for line in lines if "fusion_passes.rope.default(" in line and " = " in line}
+    assert len(names) == 2, fusion_passes.report().summary()
+    for line in lines:  # aliases ("buf52 = buf51") of the outputs
+        if re.fullmatch(r"\w+ = \w+", line) and line.split(" = ")[1] in names:
+            names.add(line.split(" = ")[0])
+    uses = [
+        line for line in lines
+        if any(re.search(rf"\b{name}\b", line) for name in names)
+        and not re.fullmatch(r"\w+ = \w+(;.*)?", line)
+        and not line.startswith(("del ", "assert_", "#"))
+        and "fusion_passes.rope.default(" not in line
+    ]
+    # Read by the attention kernel through views: no copy into another layout in between.
+    assert uses and all("scaled_dot_product" in line for line in uses), uses

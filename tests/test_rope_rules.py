@@ -38,6 +38,15 @@ def complex_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(rotated).flatten(3).type_as(x)
 
 
+def joint_normed_rope(
+    text: torch.Tensor, image: torch.Tensor, text_weight: torch.Tensor, image_weight: torch.Tensor,
+    cos: torch.Tensor, sin: torch.Tensor,
+) -> torch.Tensor:
+    """FLUX's double block: each stream normalized with its own weight, cat, one rotation."""
+    joint = torch.cat([F.rms_norm(text, text.shape[-1:], text_weight, 1e-6), F.rms_norm(image, image.shape[-1:], image_weight, 1e-6)], dim=1)
+    return interleaved_rope(joint, cos, sin)
+
+
 def rewrite_on_fake_cuda(fn: Callable[..., torch.Tensor], *shapes: tuple[tuple[int, ...], torch.dtype]) -> GraphReport:
     """Trace ``fn`` on fake CUDA tensors as a post-grad graph and run the family on it."""
     with torch._subclasses.fake_tensor.FakeTensorMode():
