@@ -296,7 +296,7 @@ def _rope_kernel(
     sx0, sx1, sx2, sxd, so0, so1, so2, sod,
     sc0, sc1, sc2, cos_base, cos_pair, cos_member,
     ss0, ss1, ss2, sin_base, sin_pair, sin_member,
-    weight_head_stride, eps, inv_width,
+    weight_stride, weight_head_stride, eps, inv_width,
     HEAD_DIM: tl.constexpr, HALF: tl.constexpr, INTERLEAVED: tl.constexpr,
     NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, ROUND_BEFORE_WEIGHT: tl.constexpr, ROUND_AFTER_WEIGHT: tl.constexpr,
     HAS_ROPE: tl.constexpr, TABLE_PER_HEAD: tl.constexpr,
@@ -340,11 +340,11 @@ def _rope_kernel(
         if NORM == 2:
             squares = tl.zeros_like(squares) + tl.sum(squares, axis=0)
         rstd = tl.rsqrt(squares * inv_width + eps)
-        first = _normalized(first, rstd, w_row, first_cols, first_mask, HAS_WEIGHT, ROUND_BEFORE_WEIGHT, ROUND_AFTER_WEIGHT, x_ptr)
+        first = _normalized(first, rstd, w_row, first_cols * weight_stride, first_mask, HAS_WEIGHT, ROUND_BEFORE_WEIGHT, ROUND_AFTER_WEIGHT, x_ptr)
         if not INTERLEAVED:
-            second = _normalized(second, rstd, w_row, second_cols, first_mask, HAS_WEIGHT, ROUND_BEFORE_WEIGHT, ROUND_AFTER_WEIGHT, x_ptr)
+            second = _normalized(second, rstd, w_row, second_cols * weight_stride, first_mask, HAS_WEIGHT, ROUND_BEFORE_WEIGHT, ROUND_AFTER_WEIGHT, x_ptr)
         if HAS_PASS:
-            passed = _normalized(passed, rstd, w_row, pass_cols, pass_mask, HAS_WEIGHT, ROUND_BEFORE_WEIGHT, ROUND_AFTER_WEIGHT, x_ptr)
+            passed = _normalized(passed, rstd, w_row, pass_cols * weight_stride, pass_mask, HAS_WEIGHT, ROUND_BEFORE_WEIGHT, ROUND_AFTER_WEIGHT, x_ptr)
     if HAS_ROPE:
         cos_row = i0 * sc0 + i1 * sc1 + cos_base
         sin_row = i0 * ss0 + i1 * ss1 + sin_base
@@ -401,8 +401,10 @@ def launch_config(heads: int, head_dim: int, across_heads: bool) -> LaunchConfig
     else:
         target = max(1, TARGET_PROGRAM_ELEMENTS // block_dim)
         block_heads = min(triton.next_power_of_2(heads), target)
-        while block_heads > 1 and heads % block_heads and heads % (block_heads // 2) == 0 and block_heads > target // 4:
-            block_heads //= 2
+        # The largest power of two dividing ``heads`` (at most block_heads), if near the target.
+        divisor = min(heads & -heads, block_heads)
+        if heads % block_heads and divisor >= max(1, target // 4):
+            block_heads = divisor
         per_warp = ELEMENTS_PER_WARP
     num_warps = min(8, max(1, block_heads * block_dim // per_warp))
     return LaunchConfig(block_heads, num_warps)
@@ -466,7 +468,8 @@ def _launch_stream(call: Rope, stream: Stream, out: torch.Tensor, config: Launch
         lead[1], lead[2], head_blocks,
         *x_strides, x.stride(-1), *out_strides, out.stride(-1),
         *cos_args, *sin_args,
-        head_dim if call.norm == "heads" else 0, stream.eps, 1.0 / width,
+        weight.stride(0) if weight is not None else 0,
+        head_dim * weight.stride(0) if weight is not None and call.norm == "heads" else 0, stream.eps, 1.0 / width,
         HEAD_DIM=head_dim, HALF=half, INTERLEAVED=call.interleaved,
         NORM=NORMS.index(call.norm), HAS_WEIGHT=weight is not None,
         ROUND_BEFORE_WEIGHT=call.norm != "none" and call.round_before_weight,

@@ -428,14 +428,8 @@ PER_HEAD_CONFIGS = {
     (12, 64): 4,  # GPT-2 / ViT-B: 4 divides 12 (target 16)
     (6, 128): 2,  # 2 divides 6 (target 8)
 }
-# Where the loop stops early: it halves only while the next half divides H (12 heads of 64 stay at
-# 16, as 8 does not divide 12, though 4 does; 6 heads of 128 stay at 8, as 4 does not divide 6, though 2 does).
-MISSED_DIVISORS = {(12, 64), (6, 128)}
-MISSED = pytest.mark.xfail(strict=True, reason="launch_config halves block_heads only while the next half divides H")
-
-
 @pytest.mark.parametrize(
-    ("heads", "head_dim"), [pytest.param(*key, marks=[MISSED] if key in MISSED_DIVISORS else []) for key in PER_HEAD_CONFIGS],
+    ("heads", "head_dim"), list(PER_HEAD_CONFIGS),
 )
 def test_launch_config_per_head_divides_heads_where_it_can(heads: int, head_dim: int) -> None:
     """norm 'head'/none gets a power-of-two divisor of H near the target where one exists (no masked heads)."""
@@ -598,11 +592,6 @@ def test_unsupported_operands_fall_back_to_the_reference(name: str) -> None:
     assert relative_error(out, expected(c)) < 1e-5
 
 
-# --- Known bugs ---------------------------------------------------------------------------------
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the kernel reads the norm weight as contiguous (weight.stride(0) is never passed)")
 @pytest.mark.parametrize("norm", ["head", "heads"])
 def test_strided_weight(norm: str) -> None:
     """A norm weight that is a strided view (every other element of a wider tensor) is read through its stride."""
