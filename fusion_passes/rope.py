@@ -494,7 +494,7 @@ def rotation_of(value: Linear, x: torch.fx.Node, output: torch.fx.Node, nodes: f
 
 
 def _inputs(node: torch.fx.Node) -> list[torch.fx.Node]:
-    return [arg for arg in tree_flatten((node.args, node.kwargs))[0] if isinstance(arg, torch.fx.Node)]
+    return node.all_input_nodes
 
 
 def _cone(output: torch.fx.Node) -> list[torch.fx.Node]:
