@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from torch._inductor.fx_passes.post_grad import view_to_reshape
 from torch._inductor.pattern_matcher import (
-    MULTIPLE,
     CallFunction,
     FailedMatch,
     Ignored,

@@ -351,7 +351,6 @@ def _scattered(
 
 def _copied(it: Interpreter, node: torch.fx.Node, destination: Any, source: Any, non_blocking: bool = False) -> Linear:
     # Functional copy: the source's values in the destination's dtype.
-    value = it._linear(source)
     it.evaluate(destination)  # a view of the tensor scattered into: part of the chain
     if tuple(_value(destination).shape) != tuple(_value(source).shape):
         raise NotARotation("copies between shapes")
@@ -663,6 +662,14 @@ class Group:
         return self.streams[0].norm is not None
 
 
+_SHAPE_QUERIES = {aten.sym_size.int, aten.sym_stride.int, aten.sym_numel.default, aten.sym_storage_offset.default}
+
+
+def data_users(node: torch.fx.Node) -> set[torch.fx.Node]:
+    """The users of ``node`` that read its values (not only its sizes, as dynamic shapes do)."""
+    return {user for user in node.users if user.target not in _SHAPE_QUERIES}
+
+
 def _lead_cat(node: Any) -> int | None:
     # The dim of a cat along a leading dim (not the last), or None.
     if not (isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target is aten.cat.default):
@@ -679,7 +686,7 @@ def _groups(rotations: list[Rotation]) -> list[Group]:
     cats = {user for rotation in rotations for user in rotation.output.users if _lead_cat(user) is not None}
     for cat in sorted(cats, key=lambda node: node.name):
         members = [by_output.get(source) for source in cat.args[0]]
-        if any(m is not None and (set(m.output.users) != {cat} or m in grouped) for m in members):
+        if any(m is not None and (data_users(m.output) != {cat} or m in grouped) for m in members):
             continue
         rotated = [m for m in members if m is not None]
         if len({(m.rotary_dim, m.interleaved) for m in rotated}) != 1:
@@ -694,7 +701,7 @@ def _groups(rotations: list[Rotation]) -> list[Group]:
         if rotation in grouped:
             continue
         cat_dim = _lead_cat(rotation.x)
-        if cat_dim is not None and set(rotation.x.users) <= rotation.nodes:
+        if cat_dim is not None and data_users(rotation.x) <= rotation.nodes:
             # A rotation over a joint sequence: each stream reads its rows of the tables.
             streams, offset = [], 0
             for source in rotation.x.args[0]:
@@ -721,9 +728,10 @@ def _stream_norm(stream: Stream) -> tuple[Norm, tuple[Any, ...] | None] | None:
     if value.target is aten.slice.Tensor:
         rank = _value(value).dim()
         dim = (value.args[1] if len(value.args) > 1 else 0) % rank
-        norm = match_norm(source)
-        if norm is not None and dim < rank - 1:
-            start, end = (list(value.args[2:4]) + [None, None])[:2]
+        start, end, step = (list(value.args[2:5]) + [None, None, 1][len(value.args[2:5]):])[:3]
+        bounds_known = all(bound is None or isinstance(bound, int) for bound in (start, end))
+        norm = match_norm(source) if step == 1 and bounds_known and dim < rank - 1 else None
+        if norm is not None:
             return norm, ("slice", dim, start, end)
     if value.target is aten.reshape.default:
         shape, source_shape = tuple(_value(value).shape), tuple(_value(source).shape)
@@ -749,7 +757,7 @@ def _absorb_norms(group: Group) -> None:
         return
     inside = group.nodes | {stream.input for stream in group.streams} | {stream.value for stream in group.streams}
     for norm, _ in found:
-        if not set(norm.output.users) <= inside:
+        if not data_users(norm.output) <= inside:
             group.norm_miss = f"the norm's output {norm.output.name} is also used outside the rotation"
             return
     for stream, (norm, view) in zip(group.streams, found):
@@ -795,7 +803,7 @@ def _check(group: Group, config: FusionConfig) -> str | None:
         if _value(node).device != output.device:
             return "the streams are on different devices"
     for rotation in group.rotations:
-        outside = [node for node in rotation.nodes - {rotation.output} if not set(node.users) <= group.nodes]
+        outside = [node for node in rotation.nodes - {rotation.output} if not data_users(node) <= group.nodes]
         if outside:
             return f"an intermediate of the rotation ({outside[0].name}) is also used outside it"
     call = _meta_call(group)
