@@ -78,7 +78,9 @@ class Linear:
     terms: np.ndarray
     is_complex: bool
     dtype: torch.dtype
-    rounded: bool = False
+    # The narrower dtype the chain rounded this value to; after that only data movement may
+    # follow (a rounded element scattered into the output is rounded once, as at the store).
+    rounded: torch.dtype | None = None
 
     def replace(self, terms: np.ndarray, **changes: Any) -> Linear:
         """This value with other terms (and other fields)."""
@@ -166,12 +168,14 @@ class Interpreter:
             self.memo[node] = self._evaluate(node)
         return self.memo[node]
 
-    def _linear(self, node: Any) -> Linear:
+    def _linear(self, node: Any, moved: bool = False) -> Linear:
+        # The Linear value of ``node``; ``moved``: for an op that only moves or negates elements,
+        # which a rounded value may still pass through.
         value = self.evaluate(node)
         if not isinstance(value, Linear):
             raise NotARotation(f"{getattr(node, 'name', node)} is not computed from x alone")
-        if value.rounded:
-            raise NotARotation("rounds to a narrower dtype before its last step")
+        if value.rounded is not None and not moved:
+            raise NotARotation("rounds to a narrower dtype before its last arithmetic step")
         return value
 
     def _trailing_axis(self, node: torch.fx.Node, dim: int) -> int:
@@ -201,7 +205,7 @@ class Interpreter:
 
 
 def _reshaped(it: Interpreter, node: torch.fx.Node, source: Any, *_: Any, **__: Any) -> Linear:
-    value = it._linear(source)
+    value = it._linear(source, moved=True)
     shape = it.trailing_shape(node)
     if value.is_complex != _value(node).is_complex():
         raise NotARotation("a view changes between real and complex")
@@ -212,32 +216,42 @@ def _reshaped(it: Interpreter, node: torch.fx.Node, source: Any, *_: Any, **__: 
 
 
 def _same(it: Interpreter, node: torch.fx.Node, source: Any, *_: Any, **__: Any) -> Linear:
-    return it._linear(source)
+    return it._linear(source, moved=True)
 
 
 def _converted(it: Interpreter, node: torch.fx.Node, source: Any, dtype: torch.dtype, **_: Any) -> Linear:
-    value = it._linear(source)
+    value = it._linear(source, moved=True)
     if value.is_complex or dtype not in _UPCAST_RANK:
         raise NotARotation(f"casts to {dtype}")
     narrower = _UPCAST_RANK[dtype] < _UPCAST_RANK.get(value.dtype, 0) or (
         _UPCAST_RANK[dtype] == 1 and dtype != value.dtype
     )
-    return value.replace(value.terms, dtype=dtype, rounded=narrower)
+    if narrower and value.rounded is not None:
+        raise NotARotation(f"rounds twice ({value.rounded}, then {dtype})")
+    return value.replace(value.terms, dtype=dtype, rounded=dtype if narrower else value.rounded)
+
+
+def _common_rounding(values: Sequence[Linear]) -> torch.dtype | None:
+    # The rounding of values stored side by side: one dtype, or none.
+    roundings = {value.rounded for value in values} - {None}
+    if len(roundings) > 1:
+        raise NotARotation(f"stores values rounded to different dtypes {sorted(map(str, roundings))}")
+    return roundings.pop() if roundings else None
 
 
 def _negative(it: Interpreter, node: torch.fx.Node, source: Any) -> Linear:
-    value = it._linear(source)
+    value = it._linear(source, moved=True)
     return value.replace(_map(value.terms, _negated))
 
 
 def _unbound(it: Interpreter, node: torch.fx.Node, source: Any, dim: int = 0) -> tuple[Linear, ...]:
-    value = it._linear(source)
+    value = it._linear(source, moved=True)
     axis = it._trailing_axis(source, dim)
     return tuple(value.replace(_take(value.terms, index, axis)) for index in range(value.terms.shape[axis]))
 
 
 def _split(it: Interpreter, node: torch.fx.Node, source: Any, sizes: int | Sequence[int], dim: int = 0) -> tuple[Linear, ...]:
-    value = it._linear(source)
+    value = it._linear(source, moved=True)
     axis = it._trailing_axis(source, dim)
     length = value.terms.shape[axis]
     if isinstance(sizes, int):
@@ -262,7 +276,7 @@ def _python_slice(size: int, start: int | None, end: int | None, step: int) -> s
 def _sliced(
     it: Interpreter, node: torch.fx.Node, source: Any, dim: int = 0, start: int | None = None, end: int | None = None, step: int = 1
 ) -> Linear:
-    value = it._linear(source)
+    value = it._linear(source, moved=True)
     axis = it._trailing_axis(source, dim)
     index = [slice(None)] * value.terms.ndim
     index[axis] = _python_slice(value.terms.shape[axis], start, end, step)
@@ -270,16 +284,17 @@ def _sliced(
 
 
 def _selected(it: Interpreter, node: torch.fx.Node, source: Any, dim: int, index: int) -> Linear:
-    value = it._linear(source)
+    value = it._linear(source, moved=True)
     return value.replace(_take(value.terms, index, it._trailing_axis(source, dim)))
 
 
 def _concatenated(it: Interpreter, node: torch.fx.Node, sources: Sequence[Any], dim: int = 0) -> Linear:
-    values = [it._linear(source) for source in sources]
+    values = [it._linear(source, moved=True) for source in sources]
     if any(value.is_complex for value in values):
         raise NotARotation("concatenates complex values")
     axis = it._trailing_axis(node, dim)
-    return values[0].replace(np.concatenate([value.terms for value in values], axis=axis))
+    terms = np.concatenate([value.terms for value in values], axis=axis)
+    return values[0].replace(terms, rounded=_common_rounding(values))
 
 
 def _product(it: Interpreter, node: torch.fx.Node, first: Any, second: Any) -> Linear:
@@ -303,7 +318,9 @@ def _product(it: Interpreter, node: torch.fx.Node, first: Any, second: Any) -> L
     if value.is_complex != table_value.is_complex():
         raise NotARotation("multiplies real by complex")
     if not value.is_complex:
-        return value.replace(_array([_times(value.terms[p], (table, index[p], 0)) for p in range(shape[0])], shape))
+        # The product has the promoted dtype (bf16 x times an fp32 table is fp32).
+        terms = _array([_times(value.terms[p], (table, index[p], 0)) for p in range(shape[0])], shape)
+        return value.replace(terms, dtype=_value(node).dtype)
     entries = []
     for p in range(shape[0]):
         real, imaginary = value.terms[p, 0], value.terms[p, 1]
@@ -320,7 +337,7 @@ def _sum(sign: int) -> Any:
         a, b = it._linear(first), it._linear(second)
         if a.is_complex != b.is_complex:
             raise NotARotation("adds real and complex")
-        return a.replace(_combine(a.terms, b.terms, sign))
+        return a.replace(_combine(a.terms, b.terms, sign), dtype=a.dtype if a.is_complex else _value(node).dtype)
 
     return handler
 
@@ -332,9 +349,12 @@ def _scattered(
     it: Interpreter, node: torch.fx.Node, base: Any, source: Any, dim: int = 0, start: int | None = None,
     end: int | None = None, step: int = 1,
 ) -> Linear:
-    value = it._linear(source)
+    value = it._linear(source, moved=True)
     base_value = it.evaluate(base)
+    rounded = value.rounded
     if isinstance(base_value, Linear):
+        base_value = it._linear(base, moved=True)
+        rounded = _common_rounding([value, base_value])
         terms = base_value.terms.copy()
     elif isinstance(base, torch.fx.Node) and base.target in _EMPTY_TARGETS:
         terms = np.empty(it.trailing_shape(base), dtype=object)
@@ -346,7 +366,7 @@ def _scattered(
     if terms[tuple(index)].shape != value.terms.shape:
         raise NotARotation("scatters a value of another shape")
     terms[tuple(index)] = value.terms
-    return value.replace(terms)
+    return value.replace(terms, rounded=rounded)
 
 
 def _copied(it: Interpreter, node: torch.fx.Node, destination: Any, source: Any, non_blocking: bool = False) -> Linear:
@@ -358,14 +378,14 @@ def _copied(it: Interpreter, node: torch.fx.Node, destination: Any, source: Any,
 
 
 def _as_complex(it: Interpreter, node: torch.fx.Node, source: Any) -> Linear:
-    value = it._linear(source)
+    value = it._linear(source, moved=True)
     if value.is_complex or value.terms.shape[-1:] != (2,):
         raise NotARotation("views as complex a value whose last dim is not 2")
     return value.replace(value.terms, is_complex=True)
 
 
 def _as_real(it: Interpreter, node: torch.fx.Node, source: Any) -> Linear:
-    value = it._linear(source)
+    value = it._linear(source, moved=True)
     if not value.is_complex:
         raise NotARotation("views a real value as real")
     return value.replace(value.terms, is_complex=False, dtype=_value(node).dtype)
@@ -459,6 +479,8 @@ def rotation_of(value: Linear, x: torch.fx.Node, output: torch.fx.Node, nodes: f
     head_dim = _value(x).shape[-1]
     if value.is_complex or value.terms.shape != (head_dim,):
         raise NotARotation(f"the output's trailing shape {value.shape} is not x's last dim ({head_dim},)")
+    if value.rounded not in (None, _value(output).dtype):
+        raise NotARotation(f"rounds to {value.rounded} but stores {_value(output).dtype}")
     entries = list(value.terms)
     if any(entry is None for entry in entries):
         raise NotARotation("leaves output elements unwritten")
@@ -633,6 +655,8 @@ class Stream:
     # How the stream's input is cut from the norm's input: ("slice", dim, start, end) or
     # ("split_heads", shape), or None for the norm input itself.
     view: tuple[Any, ...] | None = None
+    # Clones between the stream's input and its norm, replaced along with the norm.
+    skipped: set[torch.fx.Node] = dataclasses.field(default_factory=set)
 
     @property
     def input(self) -> torch.fx.Node:
@@ -715,8 +739,12 @@ def _groups(rotations: list[Rotation]) -> list[Group]:
 
 
 def _stream_norm(stream: Stream) -> tuple[Norm, tuple[Any, ...] | None] | None:
-    # The norm a stream's input is (or is cut from), and the cut.
+    # The norm a stream's input is (or is cut from), and the cut. A clone after the norm (F.rms_norm
+    # of a transposed view leaves one) is looked through: the fused call replaces it too.
     value = stream.input
+    while value.op == "call_function" and value.target is aten.clone.default and isinstance(value.args[0], torch.fx.Node):
+        stream.skipped.add(value)
+        value = value.args[0]
     norm = match_norm(value)
     if norm is not None:
         return norm, None
@@ -755,7 +783,7 @@ def _absorb_norms(group: Group) -> None:
     if len(kinds) != 1:
         group.norm_miss = "the streams' norms differ in kind or rounding"
         return
-    inside = group.nodes | {stream.input for stream in group.streams} | {stream.value for stream in group.streams}
+    inside = group.nodes.union(*({stream.input, stream.value} | stream.skipped for stream in group.streams))
     for norm, _ in found:
         if not data_users(norm.output) <= inside:
             group.norm_miss = f"the norm's output {norm.output.name} is also used outside the rotation"
@@ -782,6 +810,8 @@ def describe(group: Group) -> str:
         text += f" x{len(group.streams)} streams"
         if any(stream.rotation is None for stream in group.streams):
             text += " (some unrotated)"
+    if group.norm_miss:
+        text += f" (norm not absorbed: {group.norm_miss})"
     return text
 
 

@@ -225,8 +225,9 @@ def _coefficients(table: torch.Tensor, table_map: tuple[int, ...], half: int, wo
 
 
 def reference(call: Rope) -> torch.Tensor:
-    """Pure-torch output with fp32 math and the graph's roundings of the normalized value."""
-    work = torch.float32
+    """Pure-torch output with fp32 math (fp64 for fp64 streams) and the graph's roundings of the
+    normalized value."""
+    work = torch.float64 if any(stream.x.dtype == torch.float64 for stream in call.streams) else torch.float32
     half = call.rotary_dim // 2
     pairs = torch.arange(half, device=call.streams[0].x.device)
     first = 2 * pairs if call.interleaved else pairs
