@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch._inductor.pattern_matcher import Match, PatternExpr, is_match
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.symbolic_shapes import guard_int, statically_known_true
 from torch.utils._pytree import tree_flatten
 
 from fusion_passes.config import FusionConfig
@@ -148,6 +149,21 @@ def _is_float_tensor(value: Any) -> bool:
     return isinstance(value, torch.Tensor) and value.dtype.is_floating_point
 
 
+def same_sizes(first: Sequence[Any], second: Sequence[Any]) -> bool:
+    """Whether two shapes are equal without adding a guard (symbolic sizes that may differ are unequal)."""
+    return len(first) == len(second) and all(statically_known_true(a == b) for a, b in zip(first, second))
+
+
+def _size_is(size: Any, *candidates: Any) -> bool:
+    return any(statically_known_true(size == candidate) for candidate in candidates)
+
+
+def _hint(size: Any) -> int | None:
+    # A size's compile-time value, without a guard (None where it has none). Trailing sizes come
+    # from the head dim; a fused rotation guards them (``_specialize``).
+    return size if isinstance(size, int) else size.node.hint
+
+
 _UPCAST_RANK = {torch.float16: 1, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
 
 
@@ -188,8 +204,9 @@ class Interpreter:
     def _evaluate(self, node: torch.fx.Node) -> Any:
         if node is self.x:
             value = _value(node)
-            entries = [((1, column, None),) for column in range(value.shape[-1])]
-            return Linear(_array(entries, (value.shape[-1],)), is_complex=False, dtype=value.dtype)
+            head_dim = _hint(value.shape[-1])
+            entries = [((1, column, None),) for column in range(head_dim)]
+            return Linear(_array(entries, (head_dim,)), is_complex=False, dtype=value.dtype)
         target, args = node.target, node.args
         handler = _HANDLERS.get(target)
         if handler is None:
@@ -199,9 +216,10 @@ class Interpreter:
     def trailing_shape(self, node: torch.fx.Node) -> tuple[int, ...]:
         """The trailing dims of ``node``'s tensor: its shape after x's leading dims, which it keeps."""
         shape = tuple(_value(node).shape)
-        if shape[: len(self.lead)] != self.lead:
+        trailing = tuple(_hint(size) for size in shape[len(self.lead):])
+        if not same_sizes(shape[: len(self.lead)], self.lead) or None in trailing:
             raise NotARotation(f"{node.name} changes the leading dims {self.lead} to {shape}")
-        return shape[len(self.lead):]
+        return trailing
 
 
 def _reshaped(it: Interpreter, node: torch.fx.Node, source: Any, *_: Any, **__: Any) -> Linear:
@@ -309,8 +327,8 @@ def _product(it: Interpreter, node: torch.fx.Node, first: Any, second: Any) -> L
     if len(shape) != 1:
         raise NotARotation("multiplies a table into more than one trailing dim")
     lead = tuple(table_value.shape[:-1])
-    width = table_value.shape[-1] if table_value.dim() else 1
-    if len(lead) > len(it.lead) or any(size not in (1, full) for size, full in zip(reversed(lead), reversed(it.lead))):
+    width = _hint(table_value.shape[-1]) if table_value.dim() else 1
+    if len(lead) > len(it.lead) or not all(_size_is(size, 1, full) for size, full in zip(reversed(lead), reversed(it.lead))):
         raise NotARotation(f"a table of shape {tuple(table_value.shape)} does not broadcast to x's leading dims {it.lead}")
     if width not in (1, shape[0]):
         raise NotARotation(f"a table's last dim {width} does not match {shape[0]}")
@@ -372,7 +390,7 @@ def _scattered(
 def _copied(it: Interpreter, node: torch.fx.Node, destination: Any, source: Any, non_blocking: bool = False) -> Linear:
     # Functional copy: the source's values in the destination's dtype.
     it.evaluate(destination)  # a view of the tensor scattered into: part of the chain
-    if tuple(_value(destination).shape) != tuple(_value(source).shape):
+    if not same_sizes(_value(destination).shape, _value(source).shape):
         raise NotARotation("copies between shapes")
     return _converted(it, node, source, _value(destination).dtype)
 
@@ -476,7 +494,7 @@ def _table(factors: list[Factor], first: list[int], second: list[int], what: str
 
 def rotation_of(value: Linear, x: torch.fx.Node, output: torch.fx.Node, nodes: frozenset[torch.fx.Node]) -> Rotation:
     """The rotation ``value`` computes, or NotARotation saying why it is none."""
-    head_dim = _value(x).shape[-1]
+    head_dim = _hint(_value(x).shape[-1])
     if value.is_complex or value.terms.shape != (head_dim,):
         raise NotARotation(f"the output's trailing shape {value.shape} is not x's last dim ({head_dim},)")
     if value.rounded not in (None, _value(output).dtype):
@@ -547,7 +565,7 @@ def _ancestors_within(output: torch.fx.Node, nodes: set[torch.fx.Node]) -> froze
 def find_rotation(output: torch.fx.Node, order: dict[torch.fx.Node, int]) -> Rotation | None:
     """The rotation ending at ``output`` from the earliest x that makes one, or None."""
     value = _value(output)
-    if not (_is_float_tensor(value) and value.dim() >= 2 and value.shape[-1] % 2 == 0):
+    if not (_is_float_tensor(value) and value.dim() >= 2 and (_hint(value.shape[-1]) or 1) % 2 == 0):
         return None
     if output.op != "call_function" or output.target not in _HANDLERS or output.target is operator.getitem:
         return None
@@ -556,7 +574,7 @@ def find_rotation(output: torch.fx.Node, order: dict[torch.fx.Node, int]) -> Rot
         return None
     shape = tuple(value.shape)
     for x in cone:
-        if x is output or not _is_float_tensor(_value(x)) or tuple(_value(x).shape) != shape:
+        if x is output or not _is_float_tensor(_value(x)) or not same_sizes(_value(x).shape, shape):
             continue
         derived = {x}
         for node in cone:
@@ -725,11 +743,12 @@ def _groups(rotations: list[Rotation]) -> list[Group]:
         if rotation in grouped:
             continue
         cat_dim = _lead_cat(rotation.x)
-        if cat_dim is not None and data_users(rotation.x) <= rotation.nodes:
+        lengths = [_value(source).shape[cat_dim] for source in rotation.x.args[0]] if cat_dim is not None else []
+        # Streams cut from a joint sequence read table rows at static offsets.
+        if lengths and all(isinstance(length, int) for length in lengths) and data_users(rotation.x) <= rotation.nodes:
             # A rotation over a joint sequence: each stream reads its rows of the tables.
             streams, offset = [], 0
-            for source in rotation.x.args[0]:
-                length = _value(source).shape[cat_dim]
+            for source, length in zip(rotation.x.args[0], lengths):
                 streams.append(Stream(source, rotation, table_rows=(offset, length)))
                 offset += length
             groups.append(Group(rotation.output, streams, cat_dim, set(rotation.nodes) | {rotation.x}))
@@ -763,7 +782,7 @@ def _stream_norm(stream: Stream) -> tuple[Norm, tuple[Any, ...] | None] | None:
             return norm, ("slice", dim, start, end)
     if value.target is aten.reshape.default:
         shape, source_shape = tuple(_value(value).shape), tuple(_value(source).shape)
-        if len(shape) >= 3 and source_shape == shape[:-2] + (shape[-2] * shape[-1],):
+        if len(shape) >= 3 and same_sizes(source_shape, shape[:-2] + (shape[-2] * shape[-1],)):
             norm = match_norm(source)
             if norm is not None:
                 return norm, ("split_heads", list(shape))
@@ -860,10 +879,6 @@ def _cuda_size_rule(group: Group, call: rope_kernels.Rope) -> str | None:
     return None
 
 
-def _hint(node: torch.fx.Node | None) -> torch.Tensor | None:
-    return None if node is None else hinted(_value(node))
-
-
 def _meta_call(group: Group) -> rope_kernels.Rope | str:
     # The call on meta tensors of the compile-time sizes: checks the rewrite's arguments.
     with torch._subclasses.fake_tensor.unset_fake_temporarily():
@@ -874,7 +889,7 @@ def _meta_call(group: Group) -> rope_kernels.Rope | str:
 
 
 def _meta_tensor(node: torch.fx.Node | None) -> torch.Tensor | None:
-    value = _hint(node)
+    value = None if node is None else hinted(_value(node))
     return None if value is None else torch.empty(value.shape, dtype=value.dtype, device="meta")
 
 
@@ -939,6 +954,16 @@ def _insert(graph: torch.fx.Graph, target: Any, *args: Any) -> torch.fx.Node:
     return node
 
 
+def _specialize(group: Group) -> None:
+    # The call's rotary_dim and table maps hold for this head dim and these table widths only:
+    # a symbolic one (torch.compile(dynamic=True)) is guarded to its value.
+    for rotation in group.rotations:
+        for node in (rotation.x, rotation.cos.node, rotation.sin.node):
+            size = _value(node).shape[-1]
+            if not isinstance(size, int):
+                guard_int(size)
+
+
 def _replace(graph: torch.fx.Graph, group: Group) -> torch.fx.Node:
     output = group.output
     with graph.inserting_before(output):
@@ -968,6 +993,7 @@ def rewrite(graph: torch.fx.Graph, config: FusionConfig, report: GraphReport) ->
             report.add_near_miss(FAMILY_NAME, describe(group), group.output, reason)
             continue
         report.add_fusion(FAMILY_NAME, describe(group), group.output)
+        _specialize(group)
         _replace(graph, group)
         fused += 1
     if fused:
