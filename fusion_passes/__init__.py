@@ -4,7 +4,7 @@
 ``fusion_passes.report()`` says what fused.
 """
 
-from fusion_passes import adaln, rope  # noqa: F401  (register the families, in application order)
+from fusion_passes import adaln, conv1d, rope  # noqa: F401  (register the families, in application order)
 from fusion_passes.backend import enabled, fusion_passes_backend, inductor_options
 from fusion_passes.config import OPTIONS_KEY, FusionConfig
 from fusion_passes.pass_manager import FusionPassManager

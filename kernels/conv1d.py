@@ -1,0 +1,463 @@
+"""Causal depthwise conv1d with optional SiLU (SPEC.md F6): a dense op and a packed variable-length op.
+
+Per channel ``c`` and token ``t`` of a sequence, with ``K`` taps:
+``y[c, t] = act(bias[c] + sum_{j<K} w[c, j] * x[c, t - K + 1 + j])``, where positions before the
+sequence's first token read its initial state (``K - 1`` values per channel) or zeros; fp32 math,
+one rounding at the store.
+
+- ``fusion_passes::causal_conv1d``: x ``[B, C, L]`` (any strides: the channel-last form is
+  ``x_blc.transpose(1, 2)``), zeros before ``t = 0``. What the graph pass emits for
+  ``F.conv1d(x, w[:, None, :], b, padding=K-1, groups=C)[..., :L]`` (+ SiLU); ``conv_dtype`` is the
+  dtype the unfused graph rounds the convolution to before the activation.
+- ``fusion_passes::causal_conv1d_varlen``: the serving form. Tokens of several sequences packed in
+  x ``[C, total_tokens]`` (token-major memory is ``x_tc.t()``), ``cu_seqlens`` ``[S + 1]``
+  cumulative starts, optional ``initial_states`` ``[S, C, K - 1]`` (used where the optional
+  ``has_initial_state`` ``[S]`` is true, zeros elsewhere). Returns ``(out, final_states)``:
+  ``out`` in x's layout, ``final_states`` ``[S, C, K - 1]`` the last ``K - 1`` inputs of each
+  sequence (reaching into its initial state for sequences shorter than that) for the next step.
+
+Nothing here reads a device value on the host: the grid is (sequence, token block, channel
+block) from sizes the host has (``max_seqlen`` bounds the token blocks; without it the grid is
+sized from the total token count and programs loop over a sequence's blocks), so the launch can
+be captured in a CUDA graph. Offsets are clamped to ``[0, total_tokens]`` in the kernel (bad
+offsets cannot make it touch memory outside x); ``causal_conv1d_varlen(..., validate=True)``
+checks them on the host instead, at the cost of a synchronization.
+
+One file holds the whole story: the pure-torch reference (CPU, and CUDA operands the kernel does
+not take), the Triton kernel (one for both ops), its launcher, and the custom ops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from fusion_passes.kernels.common import SUPPORTED_DTYPES
+
+ACTIVATIONS = ("none", "silu")
+MIN_KERNEL_WIDTH = 2
+MAX_KERNEL_WIDTH = 8
+OFFSET_DTYPES = (torch.int32, torch.int64)
+# The rounding codes of the kernel's ROUND_CONV: the convolution rounded to this dtype before
+# the activation (float32: no rounding).
+_ROUNDING_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+# CUDA caps grid dims 1 and 2 at 65535; without max_seqlen, the token-block dim is capped so the
+# grid holds about this many programs (each then loops over its sequence's remaining blocks).
+MAX_GRID_YZ = 65535
+TARGET_PROGRAMS = 1 << 16
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalConv1d:
+    """The operands and settings of one call: dense (``cu_seqlens is None``, x ``[B, C, L]``) or packed (x ``[C, T]``)."""
+
+    x: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    activation: str
+    conv_dtype: torch.dtype
+    out_dtype: torch.dtype
+    cu_seqlens: torch.Tensor | None = None
+    initial_states: torch.Tensor | None = None
+    has_initial_state: torch.Tensor | None = None
+    max_seqlen: int | None = None
+
+    @property
+    def varlen(self) -> bool:
+        """Whether x packs several sequences along its token dim."""
+        return self.cu_seqlens is not None
+
+    @property
+    def channels(self) -> int:
+        """C."""
+        return self.x.shape[-2]
+
+    @property
+    def width(self) -> int:
+        """K, the number of taps."""
+        return self.weight.shape[1]
+
+    @property
+    def sequences(self) -> int:
+        """S (packed) or B (dense)."""
+        return self.cu_seqlens.shape[0] - 1 if self.cu_seqlens is not None else self.x.shape[0]
+
+    @property
+    def final_states_dtype(self) -> torch.dtype:
+        """The dtype of the final states: the initial states', else x's."""
+        return self.initial_states.dtype if self.initial_states is not None else self.x.dtype
+
+
+def argument_error(call: CausalConv1d) -> str | None:
+    """What is wrong with the call's shapes, dtypes and devices, or None (checked on every call)."""
+    x, weight = call.x, call.weight
+    expected_dims = 2 if call.varlen else 3
+    layout = "[C, total_tokens]" if call.varlen else "[B, C, L]"
+    if x.dim() != expected_dims:
+        return f"x: expected {expected_dims} dims {layout}, got shape {tuple(x.shape)}"
+    channels = call.channels
+    if weight.dim() != 2 or weight.shape[0] != channels:
+        return f"weight: expected shape ({channels}, K), got {tuple(weight.shape)}"
+    if not MIN_KERNEL_WIDTH <= call.width <= MAX_KERNEL_WIDTH:
+        return f"weight: expected K in {MIN_KERNEL_WIDTH}..{MAX_KERNEL_WIDTH} taps, got {call.width}"
+    if call.bias is not None and tuple(call.bias.shape) != (channels,):
+        return f"bias: expected shape ({channels},), got {tuple(call.bias.shape)}"
+    if call.activation not in ACTIVATIONS:
+        return f"activation: expected one of {ACTIVATIONS}, got {call.activation!r}"
+    if call.conv_dtype not in _ROUNDING_CODES:
+        return f"conv_dtype: expected one of {sorted(map(str, _ROUNDING_CODES))}, got {call.conv_dtype}"
+    tensors = {"weight": weight, "bias": call.bias, "cu_seqlens": call.cu_seqlens,
+               "initial_states": call.initial_states, "has_initial_state": call.has_initial_state}
+    for name, tensor in tensors.items():
+        if tensor is not None and tensor.device != x.device:
+            return f"{name}: expected device {x.device} (x's), got {tensor.device}"
+    if not call.varlen:
+        if call.initial_states is not None or call.has_initial_state is not None or call.max_seqlen is not None:
+            return "initial_states, has_initial_state, max_seqlen: expected None for the dense op"
+        return None
+    cu_seqlens = call.cu_seqlens
+    if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 1:
+        return f"cu_seqlens: expected shape (num_seqs + 1,), got {tuple(cu_seqlens.shape)}"
+    if cu_seqlens.dtype not in OFFSET_DTYPES:
+        return f"cu_seqlens: expected dtype int32 or int64, got {cu_seqlens.dtype}"
+    sequences = call.sequences
+    if call.initial_states is not None:
+        expected = (sequences, channels, call.width - 1)
+        if tuple(call.initial_states.shape) != expected:
+            return f"initial_states: expected shape {expected} (num_seqs, C, K - 1), got {tuple(call.initial_states.shape)}"
+        if call.initial_states.dtype not in SUPPORTED_DTYPES:
+            return f"initial_states: expected dtype one of {sorted(map(str, SUPPORTED_DTYPES))}, got {call.initial_states.dtype}"
+    if call.has_initial_state is not None:
+        if call.initial_states is None:
+            return "has_initial_state: given without initial_states"
+        if tuple(call.has_initial_state.shape) != (sequences,):
+            return f"has_initial_state: expected shape ({sequences},), got {tuple(call.has_initial_state.shape)}"
+        if call.has_initial_state.dtype != torch.bool:
+            return f"has_initial_state: expected dtype torch.bool, got {call.has_initial_state.dtype}"
+    if call.max_seqlen is not None and call.max_seqlen < 0:
+        return f"max_seqlen: expected a non-negative int, got {call.max_seqlen}"
+    return None
+
+
+def unsupported_reason(call: CausalConv1d) -> str | None:
+    """Why the Triton kernel cannot run ``call`` (the reference then does), or None."""
+    for name, tensor in (("x", call.x), ("weight", call.weight), ("bias", call.bias)):
+        if tensor is not None and tensor.dtype not in SUPPORTED_DTYPES:
+            return f"{name} dtype {tensor.dtype} is not one of {sorted(map(str, SUPPORTED_DTYPES))}"
+    if call.out_dtype not in SUPPORTED_DTYPES:
+        return f"out_dtype {call.out_dtype} is not one of {sorted(map(str, SUPPORTED_DTYPES))}"
+    return None
+
+
+def output_like(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialized output of x's shape in x's layout: channel-last where x's channels are its
+    innermost dim (so a transpose back to ``[..., L, C]`` is a view), else contiguous."""
+    if x.dim() >= 2 and x.stride(-2) < x.stride(-1):
+        return torch.empty((*x.shape[:-2], x.shape[-1], x.shape[-2]), dtype=dtype, device=x.device).transpose(-1, -2)
+    return torch.empty(x.shape, dtype=dtype, device=x.device)
+
+
+# --- Reference -----------------------------------------------------------------------------------
+
+
+def _convolve(window: torch.Tensor, call: CausalConv1d, work: torch.dtype) -> torch.Tensor:
+    # window [..., C, K - 1 + n]: the n outputs, with the call's rounding and activation.
+    width, length = call.width, window.shape[-1] - call.width + 1
+    weight = call.weight.to(work)
+    value = sum(weight[:, j, None] * window[..., j: j + length] for j in range(width))
+    if call.bias is not None:
+        value = value + call.bias.to(work)[:, None]
+    value = value.to(call.conv_dtype).to(work) if work == torch.float32 else value
+    if call.activation == "silu":
+        value = torch.nn.functional.silu(value)
+    return value
+
+
+def reference(call: CausalConv1d) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pure-torch ``(out, final_states)`` (final states None for the dense op), fp32 math (fp64 for fp64 x)."""
+    work = torch.float64 if call.x.dtype == torch.float64 else torch.float32
+    history = call.width - 1
+    out = output_like(call.x, call.out_dtype)
+    if not call.varlen:
+        window = torch.nn.functional.pad(call.x.to(work), (history, 0))
+        out.copy_(_convolve(window, call, work))
+        return out, None
+    total = call.x.shape[1]
+    final = torch.empty((call.sequences, call.channels, history), dtype=call.final_states_dtype, device=call.x.device)
+    offsets = call.cu_seqlens.clamp(0, total).tolist()
+    flags = call.has_initial_state.tolist() if call.has_initial_state is not None else [True] * call.sequences
+    for s in range(call.sequences):
+        start = offsets[s]
+        end = max(start, offsets[s + 1])
+        if call.initial_states is not None and flags[s]:
+            state = call.initial_states[s].to(work)
+        else:
+            state = call.x.new_zeros((call.channels, history), dtype=work)
+        window = torch.cat([state, call.x[:, start:end].to(work)], dim=1)
+        out[:, start:end] = _convolve(window, call, work)
+        final[s] = window[:, window.shape[1] - history:]
+    return out, final
+
+
+# --- Kernel --------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _taps_input(x_seq, init_seq, positions, channels, channel_mask, valid, sxc, sxt, sic, sik,
+                use_init, HISTORY: tl.constexpr, HAS_INIT: tl.constexpr):
+    # Inputs at sequence positions ``positions`` (negative: the initial state, or zeros), fp32.
+    in_x = positions >= 0
+    mask = channel_mask[:, None] & valid[None, :]
+    value = tl.load(x_seq + channels[:, None] * sxc + positions[None, :] * sxt, mask=mask & in_x[None, :], other=0.0)
+    value = value.to(tl.float32)
+    if HAS_INIT:
+        state_mask = mask & (positions < 0)[None, :] & use_init
+        state = tl.load(init_seq + channels[:, None] * sic + (HISTORY + positions)[None, :] * sik, mask=state_mask, other=0.0)
+        value = tl.where(in_x[None, :], value, state.to(tl.float32))
+    return value
+
+
+@triton.jit
+def _causal_conv1d_kernel(
+    x_ptr, weight_ptr, bias_ptr, out_ptr, cu_seqlens_ptr, init_ptr, has_init_ptr, final_ptr,
+    channels, length,
+    sxs, sxc, sxt, sos, soc, sot, swc, swk, sb,
+    sis, sic, sik, sfs, sfc, sfk,
+    WIDTH: tl.constexpr, VARLEN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
+    HAS_INIT_FLAGS: tl.constexpr, SILU: tl.constexpr, ROUND_CONV: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # One program: BLOCK_C channels of one sequence, token blocks pid1, pid1 + grid1, ... of it.
+    # ``length``: every sequence's length (dense) or the total token count (packed, for clamping).
+    HISTORY: tl.constexpr = WIDTH - 1
+    seq = tl.program_id(0)
+    if VARLEN:
+        start = tl.minimum(tl.maximum(tl.load(cu_seqlens_ptr + seq).to(tl.int64), 0), length)
+        end = tl.minimum(tl.maximum(tl.load(cu_seqlens_ptr + seq + 1).to(tl.int64), start), length)
+        seq_len = end - start
+    else:
+        start = 0
+        seq_len = length
+    channels_ = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    channel_mask = channels_ < channels
+    x_seq = x_ptr + seq.to(tl.int64) * sxs + start * sxt
+    out_seq = out_ptr + seq.to(tl.int64) * sos + start * sot
+    init_seq = init_ptr + seq.to(tl.int64) * sis
+    use_init = True
+    if HAS_INIT_FLAGS:
+        use_init = tl.load(has_init_ptr + seq) != 0
+    bias = tl.zeros([BLOCK_C], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + channels_ * sb, mask=channel_mask, other=0.0).to(tl.float32)
+    for token_block in range(tl.program_id(1), tl.cdiv(seq_len, BLOCK_L), tl.num_programs(1)):
+        tokens = token_block * BLOCK_L + tl.arange(0, BLOCK_L)
+        valid = tokens < seq_len
+        acc = tl.zeros([BLOCK_C, BLOCK_L], dtype=tl.float32) + bias[:, None]
+        for j in tl.static_range(WIDTH):
+            tap = tl.load(weight_ptr + channels_ * swc + j * swk, mask=channel_mask, other=0.0).to(tl.float32)
+            inputs = _taps_input(x_seq, init_seq, tokens - (HISTORY - j), channels_, channel_mask, valid,
+                                 sxc, sxt, sic, sik, use_init, HISTORY, HAS_INIT)
+            acc += tap[:, None] * inputs
+        if ROUND_CONV == 1:
+            acc = acc.to(tl.float16).to(tl.float32)
+        elif ROUND_CONV == 2:
+            acc = acc.to(tl.bfloat16).to(tl.float32)
+        if SILU:
+            acc = acc * tl.sigmoid(acc)
+        mask = channel_mask[:, None] & valid[None, :]
+        tl.store(out_seq + channels_[:, None] * soc + tokens[None, :] * sot, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    if VARLEN and tl.program_id(1) == 0:
+        # The final states: inputs at positions seq_len - K + 1 .. seq_len - 1.
+        slots = tl.arange(0, BLOCK_K)
+        states = _taps_input(x_seq, init_seq, seq_len - HISTORY + slots, channels_, channel_mask, slots < HISTORY,
+                             sxc, sxt, sic, sik, use_init, HISTORY, HAS_INIT)
+        final = final_ptr + seq.to(tl.int64) * sfs + channels_[:, None] * sfc + slots[None, :] * sfk
+        tl.store(final, states.to(final_ptr.dtype.element_ty), mask=channel_mask[:, None] & (slots < HISTORY)[None, :])
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchConfig:
+    """Channels and tokens per program tile, and warps."""
+
+    block_channels: int
+    block_tokens: int
+    num_warps: int
+
+
+# Elements of one program's tile; the tile is long along x's contiguous dim (vector loads).
+TILE_ELEMENTS = 2048
+CONTIGUOUS_BLOCK = 256
+ELEMENTS_PER_WARP = 512
+
+
+@functools.cache
+def launch_config(channels: int, max_tokens: int, channel_last: bool) -> LaunchConfig:
+    """A tile about TILE_ELEMENTS big, up to CONTIGUOUS_BLOCK long along the contiguous dim."""
+    tokens_pow2 = triton.next_power_of_2(max(1, max_tokens))
+    channels_pow2 = triton.next_power_of_2(max(1, channels))
+    if channel_last:
+        block_channels = min(CONTIGUOUS_BLOCK, channels_pow2)
+        block_tokens = min(tokens_pow2, max(1, TILE_ELEMENTS // block_channels))
+    else:
+        block_tokens = min(CONTIGUOUS_BLOCK, tokens_pow2)
+        block_channels = min(channels_pow2, max(1, TILE_ELEMENTS // block_tokens))
+    num_warps = min(8, max(1, block_channels * block_tokens // ELEMENTS_PER_WARP))
+    return LaunchConfig(block_channels, block_tokens, num_warps)
+
+
+def _launch(call: CausalConv1d, config: LaunchConfig | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    x, weight, bias = call.x, call.weight, call.bias
+    out = output_like(x, call.out_dtype)
+    history = call.width - 1
+    final = None
+    if call.varlen:
+        final = torch.empty((call.sequences, call.channels, history), dtype=call.final_states_dtype, device=x.device)
+        total = x.shape[1]
+        # Dense-only batch strides are 0: every packed sequence starts in x at its offset.
+        x_strides, out_strides = (0, *x.stride()), (0, *out.stride())
+        max_tokens = total if call.max_seqlen is None else min(call.max_seqlen, total)
+        length = total
+    else:
+        x_strides, out_strides = x.stride(), out.stride()
+        max_tokens = length = x.shape[2]
+    if out.numel() == 0 and (final is None or final.numel() == 0):
+        return out, final
+    channel_last = x.stride(-2) == 1 and x.shape[-1] > 1
+    config = config or launch_config(call.channels, max_tokens, channel_last)
+    channel_blocks = triton.cdiv(call.channels, config.block_channels)
+    token_blocks = max(1, triton.cdiv(max_tokens, config.block_tokens))
+    if call.varlen and call.max_seqlen is None:
+        token_blocks = min(token_blocks, max(1, TARGET_PROGRAMS // (call.sequences * channel_blocks)))
+    token_blocks = min(token_blocks, MAX_GRID_YZ)
+    if channel_blocks > MAX_GRID_YZ:
+        raise ValueError(f"channels: {call.channels} need {channel_blocks} channel blocks, over the grid's {MAX_GRID_YZ}")
+    init, flags = call.initial_states, call.has_initial_state
+    init_strides = init.stride() if init is not None else (0, 0, 0)
+    final_strides = final.stride() if final is not None else (0, 0, 0)
+    if call.sequences == 0:
+        return out, final
+    _causal_conv1d_kernel[(call.sequences, token_blocks, channel_blocks)](
+        x, weight, bias if bias is not None else x, out,
+        call.cu_seqlens if call.varlen else x,
+        init if init is not None else x,
+        flags.view(torch.uint8) if flags is not None else x,
+        final if final is not None else out,
+        call.channels, length,
+        *x_strides, *out_strides, *weight.stride(), bias.stride(0) if bias is not None else 0,
+        *init_strides, *final_strides,
+        WIDTH=call.width, VARLEN=call.varlen, HAS_BIAS=bias is not None, HAS_INIT=init is not None,
+        HAS_INIT_FLAGS=flags is not None, SILU=call.activation == "silu",
+        ROUND_CONV=_ROUNDING_CODES[call.conv_dtype],
+        BLOCK_C=config.block_channels, BLOCK_L=config.block_tokens,
+        BLOCK_K=triton.next_power_of_2(max(history, 1)),
+        num_warps=config.num_warps,
+    )
+    return out, final
+
+
+def causal_conv1d_triton(call: CausalConv1d, config: LaunchConfig | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run the kernel on ``call``; a ValueError says why it cannot."""
+    reason = argument_error(call) or unsupported_reason(call)
+    if reason is not None:
+        raise ValueError(f"causal_conv1d_triton: {reason}")
+    return _launch(call, config)
+
+
+def _run(call: CausalConv1d) -> tuple[torch.Tensor, torch.Tensor | None]:
+    error = argument_error(call)
+    if error is not None:
+        raise ValueError(error)
+    if call.x.device.type != "cuda" or unsupported_reason(call) is not None:
+        return reference(call)
+    with torch.cuda.device(call.x.device):
+        return _launch(call)
+
+
+# --- Custom ops ----------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fusion_passes::causal_conv1d", mutates_args=())
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    activation: str,
+    conv_dtype: torch.dtype,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """F6 dense: x ``[B, C, L]``, weight ``[C, K]``; zeros before the first token; output in x's layout."""
+    out, _ = _run(CausalConv1d(x, weight, bias, activation, conv_dtype, out_dtype))
+    return out
+
+
+@causal_conv1d.register_fake
+def _causal_conv1d_fake(x, weight, bias, activation, conv_dtype, out_dtype):
+    return output_like(x, out_dtype)
+
+
+@torch.library.custom_op("fusion_passes::causal_conv1d_varlen", mutates_args=())
+def causal_conv1d_varlen_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    cu_seqlens: torch.Tensor,
+    initial_states: torch.Tensor | None,
+    has_initial_state: torch.Tensor | None,
+    activation: str,
+    max_seqlen: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """F6 packed: x ``[C, T]``, offsets ``[S + 1]``; returns ``(out, final_states [S, C, K - 1])``."""
+    call = CausalConv1d(x, weight, bias, activation, torch.float32, x.dtype, cu_seqlens, initial_states,
+                        has_initial_state, max_seqlen)
+    out, final = _run(call)
+    return out, final
+
+
+@causal_conv1d_varlen_op.register_fake
+def _causal_conv1d_varlen_fake(x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen):
+    dtype = initial_states.dtype if initial_states is not None else x.dtype
+    final = x.new_empty((cu_seqlens.shape[0] - 1, x.shape[0], weight.shape[1] - 1), dtype=dtype)
+    return output_like(x, x.dtype), final
+
+
+def validate_offsets(cu_seqlens: torch.Tensor, total_tokens: int, max_seqlen: int | None) -> None:
+    """Raise ValueError unless the offsets start >= 0, never decrease, end <= total_tokens and
+    no sequence is longer than ``max_seqlen`` (reads the offsets on the host: a synchronization)."""
+    offsets = cu_seqlens.tolist()
+    if offsets[0] < 0:
+        raise ValueError(f"cu_seqlens: expected offsets >= 0, got cu_seqlens[0] = {offsets[0]}")
+    for s in range(len(offsets) - 1):
+        if offsets[s + 1] < offsets[s]:
+            raise ValueError(f"cu_seqlens: offsets decrease at sequence {s}: {offsets[s]} -> {offsets[s + 1]}")
+        if max_seqlen is not None and offsets[s + 1] - offsets[s] > max_seqlen:
+            raise ValueError(f"cu_seqlens: sequence {s} has {offsets[s + 1] - offsets[s]} tokens, over max_seqlen {max_seqlen}")
+    if offsets[-1] > total_tokens:
+        raise ValueError(f"cu_seqlens: the last offset {offsets[-1]} overruns x's {total_tokens} tokens")
+
+
+def causal_conv1d_varlen(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    initial_states: torch.Tensor | None = None,
+    has_initial_state: torch.Tensor | None = None,
+    activation: str | None = "silu",
+    max_seqlen: int | None = None,
+    validate: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal depthwise conv1d over packed sequences; returns ``(out, final_states)``.
+
+    ``x`` is ``[C, total_tokens]`` (pass token-major ``[total_tokens, C]`` memory as ``x_tc.t()``);
+    ``out`` has x's layout. ``max_seqlen`` (the longest sequence, if the caller knows it) sizes the
+    grid; ``validate=True`` checks the offsets on the host first (off by default: it synchronizes).
+    """
+    if validate:
+        validate_offsets(cu_seqlens, x.shape[-1], max_seqlen)
+    return causal_conv1d_varlen_op(
+        x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation or "none", max_seqlen
+    )
