@@ -10,7 +10,7 @@ import collections
 
 import pytest
 import torch
-from tiny_models import MODELS
+from tiny_models import LLM_MODELS, MODELS
 from torch._inductor.utils import run_and_get_code
 
 import fusion_passes
@@ -137,3 +137,32 @@ def test_repeated_blocks(name, dtype):
     found = {tuple(sorted(kinds(graph).items())) for graph in report.graphs}
     assert found == {tuple(sorted(counts.items())) for counts in BLOCKS[name]}, report.summary()
     assert relative_error(fused, eager) < PARITY[dtype] * (3 if dtype == torch.bfloat16 else 1)
+
+
+# transformers LLMs (tiny configs), whole model. Qwen3-Next, 2 layers (gated delta net, full
+# attention): the linear-attention layer's causal conv + SiLU fuses (F6, channel-last: the model
+# transposes token-major activations in and out). Its zero-centred RMSNorm ``norm(x) * (1 + w)``
+# is F1/F2 to the AdaLN family (w a [C] weight): the norms after residual sums are F2 (3), the
+# first layer's input norm and the final norm F1; so are the full attention layer's q/k norms
+# (AdaLN runs first), whose partial half-split RoPE then fuses alone (F5, 2 calls).
+LLM_WHOLE = {
+    "qwen3_next": {"causal_conv1d": 1, "adaln": 4, "residual_adaln": 3, "rope": 2},
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("name", list(LLM_MODELS))
+def test_llm_whole_model(name, dtype):
+    pytest.importorskip("transformers")
+    model, inputs = LLM_MODELS[name](dtype)
+    with torch.no_grad():
+        baseline = torch.compile(model)(**inputs).last_hidden_state
+        torch._dynamo.reset()
+        fused = torch.compile(model, backend="fusion_passes", options=CPU_OPTIONS)(**inputs).last_hidden_state
+        eager = model(**inputs).last_hidden_state if dtype == torch.float32 else None
+    report = fusion_passes.report()
+    assert len(report.graphs) == 1
+    assert report.counts() == LLM_WHOLE[name], report.summary()
+    assert relative_error(fused, baseline) < PARITY[dtype]
+    if eager is not None:
+        assert relative_error(fused, eager) < PARITY[dtype]

@@ -126,3 +126,29 @@ MODELS: dict[str, ModelBuilder] = {
     "wan_per_token": wan_per_token,
     "hunyuan_video": hunyuan_video,
 }
+
+
+def qwen3_next(dtype: torch.dtype) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """transformers' Qwen3NextModel: one gated-delta-net (linear attention) layer, then one full attention layer.
+
+    Without the ``causal_conv1d`` package its gated delta net runs the torch fallback, which writes
+    F6: ``F.silu(F.conv1d(x, w.unsqueeze(1), b, padding=K - 1, groups=C)[..., :L])``.
+    """
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.Qwen3NextConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, full_attention_interval=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, linear_num_value_heads=4, linear_num_key_heads=2,
+        linear_key_head_dim=16, linear_value_head_dim=16, linear_conv_kernel_dim=4, num_experts=4,
+        num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32, decoder_sparse_step=1,
+        max_position_embeddings=128,
+    )
+    model = transformers.Qwen3NextModel(config)
+    inputs = dict(input_ids=torch.randint(0, 128, (2, 24)), use_cache=False)
+    return model.to(dtype).eval(), inputs
+
+
+LLM_MODELS: dict[str, ModelBuilder] = {
+    "qwen3_next": qwen3_next,
+}
