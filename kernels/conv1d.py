@@ -15,6 +15,8 @@ one rounding at the store.
   ``has_initial_state`` ``[S]`` is true, zeros elsewhere). Returns ``(out, final_states)``:
   ``out`` in x's layout, ``final_states`` ``[S, C, K - 1]`` the last ``K - 1`` inputs of each
   sequence (reaching into its initial state for sequences shorter than that) for the next step.
+  Tokens outside every sequence (before ``cu_seqlens[0]``, after ``cu_seqlens[-1]``: padding) are
+  left unwritten, as serving engines' kernels leave them.
 
 Nothing here reads a device value on the host: the grid is (sequence, token block, channel
 block) from sizes the host has (``max_seqlen`` bounds the token blocks; without it the grid is
@@ -129,8 +131,8 @@ def argument_error(call: CausalConv1d) -> str | None:
         expected = (sequences, channels, call.width - 1)
         if tuple(call.initial_states.shape) != expected:
             return f"initial_states: expected shape {expected} (num_seqs, C, K - 1), got {tuple(call.initial_states.shape)}"
-        if call.initial_states.dtype not in SUPPORTED_DTYPES:
-            return f"initial_states: expected dtype one of {sorted(map(str, SUPPORTED_DTYPES))}, got {call.initial_states.dtype}"
+        if not call.initial_states.is_floating_point():
+            return f"initial_states: expected a floating dtype, got {call.initial_states.dtype}"
     if call.has_initial_state is not None:
         if call.initial_states is None:
             return "has_initial_state: given without initial_states"
@@ -145,7 +147,7 @@ def argument_error(call: CausalConv1d) -> str | None:
 
 def unsupported_reason(call: CausalConv1d) -> str | None:
     """Why the Triton kernel cannot run ``call`` (the reference then does), or None."""
-    for name, tensor in (("x", call.x), ("weight", call.weight), ("bias", call.bias)):
+    for name, tensor in (("x", call.x), ("weight", call.weight), ("bias", call.bias), ("initial_states", call.initial_states)):
         if tensor is not None and tensor.dtype not in SUPPORTED_DTYPES:
             return f"{name} dtype {tensor.dtype} is not one of {sorted(map(str, SUPPORTED_DTYPES))}"
     if call.out_dtype not in SUPPORTED_DTYPES:
@@ -210,9 +212,11 @@ def reference(call: CausalConv1d) -> tuple[torch.Tensor, torch.Tensor | None]:
 def _taps_input(x_seq, init_seq, positions, channels, channel_mask, valid, sxc, sxt, sic, sik,
                 use_init, HISTORY: tl.constexpr, HAS_INIT: tl.constexpr):
     # Inputs at sequence positions ``positions`` (negative: the initial state, or zeros), fp32.
+    # int64 offsets: a packed x of C * total_tokens elements may pass 2^31.
     in_x = positions >= 0
     mask = channel_mask[:, None] & valid[None, :]
-    value = tl.load(x_seq + channels[:, None] * sxc + positions[None, :] * sxt, mask=mask & in_x[None, :], other=0.0)
+    offsets = channels[:, None].to(tl.int64) * sxc + positions[None, :].to(tl.int64) * sxt
+    value = tl.load(x_seq + offsets, mask=mask & in_x[None, :], other=0.0)
     value = value.to(tl.float32)
     if HAS_INIT:
         state_mask = mask & (positions < 0)[None, :] & use_init
@@ -225,7 +229,7 @@ def _taps_input(x_seq, init_seq, positions, channels, channel_mask, valid, sxc, 
 def _causal_conv1d_kernel(
     x_ptr, weight_ptr, bias_ptr, out_ptr, cu_seqlens_ptr, init_ptr, has_init_ptr, final_ptr,
     channels, length,
-    sxs, sxc, sxt, sos, soc, sot, swc, swk, sb,
+    sxs, sxc, sxt, sos, soc, sot, swc, swk, sb, scu, sflag,
     sis, sic, sik, sfs, sfc, sfk,
     WIDTH: tl.constexpr, VARLEN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
     HAS_INIT_FLAGS: tl.constexpr, SILU: tl.constexpr, ROUND_CONV: tl.constexpr,
@@ -236,8 +240,8 @@ def _causal_conv1d_kernel(
     HISTORY: tl.constexpr = WIDTH - 1
     seq = tl.program_id(0)
     if VARLEN:
-        start = tl.minimum(tl.maximum(tl.load(cu_seqlens_ptr + seq).to(tl.int64), 0), length)
-        end = tl.minimum(tl.maximum(tl.load(cu_seqlens_ptr + seq + 1).to(tl.int64), start), length)
+        start = tl.minimum(tl.maximum(tl.load(cu_seqlens_ptr + seq * scu).to(tl.int64), 0), length)
+        end = tl.minimum(tl.maximum(tl.load(cu_seqlens_ptr + (seq + 1) * scu).to(tl.int64), start), length)
         seq_len = end - start
     else:
         start = 0
@@ -249,7 +253,7 @@ def _causal_conv1d_kernel(
     init_seq = init_ptr + seq.to(tl.int64) * sis
     use_init = True
     if HAS_INIT_FLAGS:
-        use_init = tl.load(has_init_ptr + seq) != 0
+        use_init = tl.load(has_init_ptr + seq * sflag) != 0
     bias = tl.zeros([BLOCK_C], dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + channels_ * sb, mask=channel_mask, other=0.0).to(tl.float32)
@@ -269,7 +273,8 @@ def _causal_conv1d_kernel(
         if SILU:
             acc = acc * tl.sigmoid(acc)
         mask = channel_mask[:, None] & valid[None, :]
-        tl.store(out_seq + channels_[:, None] * soc + tokens[None, :] * sot, acc.to(out_ptr.dtype.element_ty), mask=mask)
+        out_offsets = channels_[:, None].to(tl.int64) * soc + tokens[None, :].to(tl.int64) * sot
+        tl.store(out_seq + out_offsets, acc.to(out_ptr.dtype.element_ty), mask=mask)
     if VARLEN and tl.program_id(1) == 0:
         # The final states: inputs at positions seq_len - K + 1 .. seq_len - 1.
         slots = tl.arange(0, BLOCK_K)
@@ -294,11 +299,14 @@ CONTIGUOUS_BLOCK = 256
 ELEMENTS_PER_WARP = 512
 
 
-@functools.cache
 def launch_config(channels: int, max_tokens: int, channel_last: bool) -> LaunchConfig:
     """A tile about TILE_ELEMENTS big, up to CONTIGUOUS_BLOCK long along the contiguous dim."""
-    tokens_pow2 = triton.next_power_of_2(max(1, max_tokens))
-    channels_pow2 = triton.next_power_of_2(max(1, channels))
+    # Cached by powers of two: a server's token counts change every step.
+    return _launch_config(triton.next_power_of_2(max(1, channels)), triton.next_power_of_2(max(1, max_tokens)), channel_last)
+
+
+@functools.cache
+def _launch_config(channels_pow2: int, tokens_pow2: int, channel_last: bool) -> LaunchConfig:
     if channel_last:
         block_channels = min(CONTIGUOUS_BLOCK, channels_pow2)
         block_tokens = min(tokens_pow2, max(1, TILE_ELEMENTS // block_channels))
@@ -324,7 +332,7 @@ def _launch(call: CausalConv1d, config: LaunchConfig | None = None) -> tuple[tor
     else:
         x_strides, out_strides = x.stride(), out.stride()
         max_tokens = length = x.shape[2]
-    if out.numel() == 0 and (final is None or final.numel() == 0):
+    if call.sequences == 0 or (out.numel() == 0 and (final is None or final.numel() == 0)):
         return out, final
     channel_last = x.stride(-2) == 1 and x.shape[-1] > 1
     config = config or launch_config(call.channels, max_tokens, channel_last)
@@ -338,8 +346,6 @@ def _launch(call: CausalConv1d, config: LaunchConfig | None = None) -> tuple[tor
     init, flags = call.initial_states, call.has_initial_state
     init_strides = init.stride() if init is not None else (0, 0, 0)
     final_strides = final.stride() if final is not None else (0, 0, 0)
-    if call.sequences == 0:
-        return out, final
     _causal_conv1d_kernel[(call.sequences, token_blocks, channel_blocks)](
         x, weight, bias if bias is not None else x, out,
         call.cu_seqlens if call.varlen else x,
@@ -348,6 +354,7 @@ def _launch(call: CausalConv1d, config: LaunchConfig | None = None) -> tuple[tor
         final if final is not None else out,
         call.channels, length,
         *x_strides, *out_strides, *weight.stride(), bias.stride(0) if bias is not None else 0,
+        call.cu_seqlens.stride(0) if call.varlen else 0, flags.stride(0) if flags is not None else 0,
         *init_strides, *final_strides,
         WIDTH=call.width, VARLEN=call.varlen, HAS_BIAS=bias is not None, HAS_INIT=init is not None,
         HAS_INIT_FLAGS=flags is not None, SILU=call.activation == "silu",
@@ -457,6 +464,11 @@ def causal_conv1d_varlen(
     grid; ``validate=True`` checks the offsets on the host first (off by default: it synchronizes).
     """
     if validate:
+        call = CausalConv1d(x, weight, bias, activation or "none", torch.float32, x.dtype, cu_seqlens, initial_states,
+                            has_initial_state, max_seqlen)
+        error = argument_error(call)
+        if error is not None:
+            raise ValueError(error)
         validate_offsets(cu_seqlens, x.shape[-1], max_seqlen)
     return causal_conv1d_varlen_op(
         x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation or "none", max_seqlen
