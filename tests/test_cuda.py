@@ -159,3 +159,59 @@ def test_rope_output_feeds_attention_without_a_copy():
     ]
     # Read by the attention kernel through views: no copy into another layout in between.
     assert uses and all("scaled_dot_product" in line for line in uses), uses
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("spelling", ["channel_first", "channel_last"])
+def test_conv1d_runs_the_triton_kernel_with_parity(spelling, dtype):
+    from test_conv1d_patterns import channel_last_conv, transformers_causal_conv1d
+
+    channels, length = 96, 300
+    if spelling == "channel_first":
+        fn, args = transformers_causal_conv1d, [cuda_randn(2, channels, length, dtype=dtype), cuda_randn(channels, 4, dtype=dtype),
+                                                cuda_randn(channels, dtype=dtype)]
+    else:
+        fn, args = channel_last_conv, [cuda_randn(2, length, channels, dtype=dtype), cuda_randn(channels, 3, dtype=dtype)]
+    compare_with_inductor(fn, args, {"causal_conv1d": 1})
+
+
+def test_conv1d_varlen_is_captured_in_a_cuda_graph_without_host_sync():
+    from fusion_passes.kernels import conv1d
+
+    channels, width, lengths = 64, 4, [0, 1, 2, 37, 5]
+    offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device="cuda", dtype=torch.int32)
+    x = cuda_randn(int(offsets[-1]), channels, dtype=torch.bfloat16).t()
+    weight, states = cuda_randn(channels, width), cuda_randn(len(lengths), channels, width - 1, dtype=torch.bfloat16)
+    flags = torch.tensor([True, False, True, True, False], device="cuda")
+    call = lambda: conv1d.causal_conv1d_varlen(x, weight, offsets, initial_states=states, has_initial_state=flags,  # noqa: E731
+                                               max_seqlen=max(lengths))
+    expected = conv1d.reference(conv1d.CausalConv1d(x, weight, None, "silu", torch.float32, x.dtype, offsets, states, flags, max(lengths)))
+    call()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out, final = call()
+        graph.replay()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(out, expected[0], rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(final, expected[1])
+
+
+def test_qwen3_next_bf16_on_cuda():
+    pytest.importorskip("transformers")
+    from test_models import LLM_WHOLE, PARITY
+    from tiny_models import qwen3_next
+
+    model, inputs = qwen3_next(torch.bfloat16)
+    model = model.cuda()
+    inputs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    with torch.no_grad():
+        plain = torch.compile(model)(**inputs).last_hidden_state
+        torch._dynamo.reset()
+        fused = torch.compile(model, backend="fusion_passes", options=ANY_SIZE)(**inputs).last_hidden_state
+    (graph,) = fusion_passes.report().graphs
+    assert graph.counts() == LLM_WHOLE["qwen3_next"], graph.summary()
+    assert relative_error(fused, plain) < PARITY[torch.bfloat16]
