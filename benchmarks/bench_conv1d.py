@@ -314,6 +314,8 @@ VARLEN_CASES = [
     *(VarlenCase(f"single L={length}", (length,)) for length in (1, 128, 4096, 32768)),
     VarlenCase("decode 64x1, states", (1,) * 64, "all"),
     VarlenCase("16 random (sum 8192), half states", random_lengths(16, 8192, seed=0), "half"),
+    VarlenCase("16 random (sum 8192)", random_lengths(16, 8192, seed=0)),
+    VarlenCase("16x512, half states", (512,) * 16, "half"),
     VarlenCase("prefill 4x8192", (8192,) * 4),
 ]
 

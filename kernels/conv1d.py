@@ -209,20 +209,21 @@ def reference(call: CausalConv1d) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 @triton.jit
-def _taps_input(x_seq, init_seq, positions, channels, channel_mask, valid, sxc, sxt, sic, sik,
-                use_init, HISTORY: tl.constexpr, HAS_INIT: tl.constexpr):
-    # Inputs at sequence positions ``positions`` (negative: the initial state, or zeros), fp32.
-    # int64 offsets: a packed x of C * total_tokens elements may pass 2^31.
-    in_x = positions >= 0
-    mask = channel_mask[:, None] & valid[None, :]
-    offsets = channels[:, None].to(tl.int64) * sxc + positions[None, :].to(tl.int64) * sxt
-    value = tl.load(x_seq + offsets, mask=mask & in_x[None, :], other=0.0)
-    value = value.to(tl.float32)
-    if HAS_INIT:
-        state_mask = mask & (positions < 0)[None, :] & use_init
-        state = tl.load(init_seq + channels[:, None] * sic + (HISTORY + positions)[None, :] * sik, mask=state_mask, other=0.0)
-        value = tl.where(in_x[None, :], value, state.to(tl.float32))
-    return value
+def _offsets(channels, positions, channel_stride, token_stride, INT64: tl.constexpr):
+    # [channels, positions] element offsets; int64 only where a tensor's extent needs it.
+    if INT64:
+        offsets = channels[:, None].to(tl.int64) * channel_stride + positions[None, :].to(tl.int64) * token_stride
+    else:
+        offsets = channels[:, None] * channel_stride + positions[None, :] * token_stride
+    return offsets
+
+
+@triton.jit
+def _state_values(init_seq, channels, channel_mask, positions, valid, sic, sik, use_init, HISTORY: tl.constexpr):
+    # The initial state at negative sequence positions (zeros elsewhere, and without a state), fp32.
+    mask = channel_mask[:, None] & (valid & (positions < 0))[None, :] & use_init
+    offsets = channels[:, None] * sic + (HISTORY + positions)[None, :] * sik
+    return tl.load(init_seq + offsets, mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -232,24 +233,27 @@ def _causal_conv1d_kernel(
     sxs, sxc, sxt, sos, soc, sot, swc, swk, sb, scu, sflag,
     sis, sic, sik, sfs, sfc, sfk,
     WIDTH: tl.constexpr, VARLEN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
-    HAS_INIT_FLAGS: tl.constexpr, SILU: tl.constexpr, ROUND_CONV: tl.constexpr,
+    HAS_INIT_FLAGS: tl.constexpr, SILU: tl.constexpr, ROUND_CONV: tl.constexpr, INT64: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # One program: BLOCK_C channels of one sequence, token blocks pid1, pid1 + grid1, ... of it.
     # ``length``: every sequence's length (dense) or the total token count (packed, for clamping).
+    # A tap reads the block's tile shifted back by K - 1 - j tokens (a cache hit after the first);
+    # only blocks reaching before the sequence's start read its initial state.
     HISTORY: tl.constexpr = WIDTH - 1
     seq = tl.program_id(0)
     if VARLEN:
-        start = tl.minimum(tl.maximum(tl.load(cu_seqlens_ptr + seq * scu).to(tl.int64), 0), length)
-        end = tl.minimum(tl.maximum(tl.load(cu_seqlens_ptr + (seq + 1) * scu).to(tl.int64), start), length)
-        seq_len = end - start
+        start = tl.minimum(tl.maximum(tl.load(cu_seqlens_ptr + seq * scu), 0), length)
+        end = tl.minimum(tl.maximum(tl.load(cu_seqlens_ptr + (seq + 1) * scu), start), length)
+        seq_len = (end - start).to(tl.int32)
+        x_seq = x_ptr + start.to(tl.int64) * sxt
+        out_seq = out_ptr + start.to(tl.int64) * sot
     else:
-        start = 0
         seq_len = length
+        x_seq = x_ptr + seq.to(tl.int64) * sxs
+        out_seq = out_ptr + seq.to(tl.int64) * sos
     channels_ = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     channel_mask = channels_ < channels
-    x_seq = x_ptr + seq.to(tl.int64) * sxs + start * sxt
-    out_seq = out_ptr + seq.to(tl.int64) * sos + start * sot
     init_seq = init_ptr + seq.to(tl.int64) * sis
     use_init = True
     if HAS_INIT_FLAGS:
@@ -260,12 +264,18 @@ def _causal_conv1d_kernel(
     for token_block in range(tl.program_id(1), tl.cdiv(seq_len, BLOCK_L), tl.num_programs(1)):
         tokens = token_block * BLOCK_L + tl.arange(0, BLOCK_L)
         valid = tokens < seq_len
+        x_tile = x_seq + _offsets(channels_, tokens, sxc, sxt, INT64)
         acc = tl.zeros([BLOCK_C, BLOCK_L], dtype=tl.float32) + bias[:, None]
         for j in tl.static_range(WIDTH):
             tap = tl.load(weight_ptr + channels_ * swc + j * swk, mask=channel_mask, other=0.0).to(tl.float32)
-            inputs = _taps_input(x_seq, init_seq, tokens - (HISTORY - j), channels_, channel_mask, valid,
-                                 sxc, sxt, sic, sik, use_init, HISTORY, HAS_INIT)
-            acc += tap[:, None] * inputs
+            shift = HISTORY - j
+            in_x = valid & (tokens >= shift)
+            value = tl.load(x_tile - shift * sxt, mask=channel_mask[:, None] & in_x[None, :], other=0.0).to(tl.float32)
+            if HAS_INIT:
+                if token_block * BLOCK_L < shift:
+                    value += _state_values(init_seq, channels_, channel_mask, tokens - shift, valid, sic, sik,
+                                           use_init, HISTORY)
+            acc += tap[:, None] * value
         if ROUND_CONV == 1:
             acc = acc.to(tl.float16).to(tl.float32)
         elif ROUND_CONV == 2:
@@ -273,15 +283,18 @@ def _causal_conv1d_kernel(
         if SILU:
             acc = acc * tl.sigmoid(acc)
         mask = channel_mask[:, None] & valid[None, :]
-        out_offsets = channels_[:, None].to(tl.int64) * soc + tokens[None, :].to(tl.int64) * sot
-        tl.store(out_seq + out_offsets, acc.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_seq + _offsets(channels_, tokens, soc, sot, INT64), acc.to(out_ptr.dtype.element_ty), mask=mask)
     if VARLEN and tl.program_id(1) == 0:
         # The final states: inputs at positions seq_len - K + 1 .. seq_len - 1.
         slots = tl.arange(0, BLOCK_K)
-        states = _taps_input(x_seq, init_seq, seq_len - HISTORY + slots, channels_, channel_mask, slots < HISTORY,
-                             sxc, sxt, sic, sik, use_init, HISTORY, HAS_INIT)
+        positions = seq_len - HISTORY + slots
+        in_state = slots < HISTORY
+        mask = channel_mask[:, None] & (in_state & (positions >= 0))[None, :]
+        states = tl.load(x_seq + _offsets(channels_, positions, sxc, sxt, INT64), mask=mask, other=0.0).to(tl.float32)
+        if HAS_INIT:
+            states += _state_values(init_seq, channels_, channel_mask, positions, in_state, sic, sik, use_init, HISTORY)
         final = final_ptr + seq.to(tl.int64) * sfs + channels_[:, None] * sfc + slots[None, :] * sfk
-        tl.store(final, states.to(final_ptr.dtype.element_ty), mask=channel_mask[:, None] & (slots < HISTORY)[None, :])
+        tl.store(final, states.to(final_ptr.dtype.element_ty), mask=channel_mask[:, None] & in_state[None, :])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -315,6 +328,11 @@ def _launch_config(channels_pow2: int, tokens_pow2: int, channel_last: bool) -> 
         block_channels = min(channels_pow2, max(1, TILE_ELEMENTS // block_tokens))
     num_warps = min(8, max(1, block_channels * block_tokens // ELEMENTS_PER_WARP))
     return LaunchConfig(block_channels, block_tokens, num_warps)
+
+
+def _needs_int64(*tensors: torch.Tensor) -> bool:
+    # Whether an element offset within one sequence of these tensors may pass int32.
+    return any(sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride())) >= 2**31 for t in tensors)
 
 
 def _launch(call: CausalConv1d, config: LaunchConfig | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -358,7 +376,7 @@ def _launch(call: CausalConv1d, config: LaunchConfig | None = None) -> tuple[tor
         *init_strides, *final_strides,
         WIDTH=call.width, VARLEN=call.varlen, HAS_BIAS=bias is not None, HAS_INIT=init is not None,
         HAS_INIT_FLAGS=flags is not None, SILU=call.activation == "silu",
-        ROUND_CONV=_ROUNDING_CODES[call.conv_dtype],
+        ROUND_CONV=_ROUNDING_CODES[call.conv_dtype], INT64=_needs_int64(x, out),
         BLOCK_C=config.block_channels, BLOCK_L=config.block_tokens,
         BLOCK_K=triton.next_power_of_2(max(history, 1)),
         num_warps=config.num_warps,
