@@ -426,7 +426,7 @@ def test_launch_config_tiles(channel_last: bool, tokens: int, channels: int) -> 
     for block in (config.block_channels, config.block_tokens):
         assert block >= 1 and block & (block - 1) == 0
     assert config.block_channels * config.block_tokens <= conv1d.TILE_ELEMENTS
-    assert (config.block_channels if channel_last else config.block_tokens) <= conv1d.CONTIGUOUS_BLOCK
+    assert (config.block_channels if channel_last else config.block_tokens) <= conv1d.CONTIGUOUS_BLOCK[channel_last]
     assert config.block_channels < 2 * channels and config.block_tokens < 2 * max(tokens, 1)
     assert config.num_warps in (1, 2, 4, 8)
 
@@ -695,6 +695,7 @@ def meta(*shape: int) -> torch.Tensor:
 DENSE_ERRORS: dict[str, tuple[Callable[[], dict[str, Any]], str]] = {
     "2-D x": (lambda: dict(x=torch.randn(4, 6, device=DEVICE)), r"x: expected 3 dims \[B, C, L\], got shape \(4, 6\)"),
     "4-D x": (lambda: dict(x=torch.randn(1, 2, 4, 6, device=DEVICE)), r"x: expected 3 dims \[B, C, L\], got shape \(1, 2, 4, 6\)"),
+    "integer x": (lambda: dict(x=torch.ones(2, 4, 6, dtype=torch.int32, device=DEVICE)), r"x: expected a floating dtype, got torch.int32"),
     "weight channels": (lambda: dict(weight=torch.randn(5, 3, device=DEVICE)), r"weight: expected shape \(4, K\), got \(5, 3\)"),
     "weight [C, 1, K] as F.conv1d takes it": (
         lambda: dict(weight=torch.randn(4, 1, 3, device=DEVICE)), r"weight: expected shape \(4, K\), got \(4, 1, 3\)",
