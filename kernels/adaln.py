@@ -33,6 +33,7 @@ from fusion_passes.kernels.common import (
     broadcast_strides,
     broadcasts_to,
     collapse_leading_dims,
+    kernel_or_reference,
 )
 
 # Widest row the kernel keeps in registers; wider rows fall back to the reference.
@@ -501,16 +502,8 @@ def norm_modulate_triton(
 
 
 def _run(call: NormModulate) -> tuple[torch.Tensor, torch.Tensor | None]:
-    # The ops' implementation on every device: the kernel where it runs, else the reference;
-    # (y, r or the second modulation or None).
-    error = _argument_error(call)
-    if error is not None:
-        raise ValueError(error)
-    if call.x.device.type != "cuda" or unsupported_reason(call) is not None:
-        return reference(call)
-    # Triton launches on the current device; x may live on another one.
-    with torch.cuda.device(call.x.device):
-        return _launch(call)
+    # (y, r or the second modulation or None), on every device.
+    return kernel_or_reference(call, call.x, _argument_error, unsupported_reason, reference, _launch)
 
 
 @torch.library.custom_op("fusion_passes::norm_modulate", mutates_args=())

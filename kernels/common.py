@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
+
+Call = TypeVar("Call")
+Result = TypeVar("Result")
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -33,3 +39,23 @@ def broadcast_strides(tensor: torch.Tensor, shape: torch.Size) -> tuple[int, int
     """
     strides = tuple(0 if size == 1 else stride for size, stride in zip(tensor.shape, tensor.stride()))
     return (0,) * (LEADING_DIMS + 1 - len(strides)) + strides  # type: ignore[return-value]
+
+
+def kernel_or_reference(
+    call: Call,
+    device_tensor: torch.Tensor,
+    argument_error: Callable[[Call], str | None],
+    unsupported_reason: Callable[[Call], str | None],
+    reference: Callable[[Call], Result],
+    launch: Callable[[Call], Result],
+) -> Result:
+    """A custom op's body on every device: a ValueError for a wrong call, the Triton launch on CUDA
+    where the kernel takes the call, else the pure-torch reference."""
+    error = argument_error(call)
+    if error is not None:
+        raise ValueError(error)
+    if device_tensor.device.type != "cuda" or unsupported_reason(call) is not None:
+        return reference(call)
+    # Triton launches on the current device; the operands may live on another one.
+    with torch.cuda.device(device_tensor.device):
+        return launch(call)

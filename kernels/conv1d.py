@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fusion_passes.kernels.common import SUPPORTED_DTYPES
+from fusion_passes.kernels.common import SUPPORTED_DTYPES, kernel_or_reference
 
 ACTIVATIONS = ("none", "silu")
 MIN_KERNEL_WIDTH = 2
@@ -398,13 +398,7 @@ def causal_conv1d_triton(call: CausalConv1d, config: LaunchConfig | None = None)
 
 
 def _run(call: CausalConv1d) -> tuple[torch.Tensor, torch.Tensor | None]:
-    error = argument_error(call)
-    if error is not None:
-        raise ValueError(error)
-    if call.x.device.type != "cuda" or unsupported_reason(call) is not None:
-        return reference(call)
-    with torch.cuda.device(call.x.device):
-        return _launch(call)
+    return kernel_or_reference(call, call.x, argument_error, unsupported_reason, reference, _launch)
 
 
 # --- Custom ops ----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from unittest import mock
 import pytest
 import torch
 from conftest import DEVICE
+from poisoning import poisoned_outputs
 
 from fusion_passes.kernels import conv1d
 
@@ -243,20 +244,9 @@ def public_varlen(call: conv1d.CausalConv1d, validate: bool = False) -> tuple[to
 # --- Running and comparing ----------------------------------------------------------------------
 
 
-class _PoisonedTorch:
-    """``torch`` as the kernel module sees it, with ``empty`` filled with NaN (an unwritten element shows)."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(torch, name)
-
-    @staticmethod
-    def empty(*size: Any, dtype: torch.dtype, device: Any, **kwargs: Any) -> torch.Tensor:
-        return torch.full(*size, float("nan"), dtype=dtype, device=device, **kwargs)
-
-
 def run_kernel(call: conv1d.CausalConv1d, config: conv1d.LaunchConfig | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``causal_conv1d_triton`` into NaN-filled outputs; checks their shapes and dtypes."""
-    with mock.patch.object(conv1d, "torch", _PoisonedTorch()):
+    with poisoned_outputs(conv1d):
         out, final = conv1d.causal_conv1d_triton(call, config)
     assert out.shape == call.x.shape and out.dtype == call.out_dtype and out.device == call.x.device
     if call.varlen:

@@ -12,6 +12,7 @@ from unittest import mock
 import pytest
 import torch
 from conftest import DEVICE
+from poisoning import poisoned_outputs
 
 from fusion_passes.kernels import rope
 
@@ -193,20 +194,9 @@ def weight_for(norm: str, x: torch.Tensor) -> torch.Tensor:
 # --- Running and comparing ----------------------------------------------------------------------
 
 
-class _PoisonedTorch:
-    """``torch`` as the kernel module sees it, with ``empty`` filled with NaN (an unwritten element shows)."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(torch, name)
-
-    @staticmethod
-    def empty(*size: Any, dtype: torch.dtype, device: Any, **kwargs: Any) -> torch.Tensor:
-        return torch.full(*size, float("nan"), dtype=dtype, device=device, **kwargs)
-
-
 def run_kernel(call: rope.Rope, config: rope.LaunchConfig | None = None) -> torch.Tensor:
     """``rope_triton`` into a NaN-filled output; checks every element was written."""
-    with mock.patch.object(rope, "torch", _PoisonedTorch()):
+    with poisoned_outputs(rope):
         out = rope.rope_triton(call, config)
     assert out.shape == call.out_shape and out.dtype == call.out_dtype and out.is_contiguous()
     assert not out.isnan().any(), "kernel left output elements unwritten"
