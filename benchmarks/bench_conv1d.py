@@ -631,11 +631,16 @@ def sweep(layout: str, length: int, dtype: torch.dtype, bandwidth: float) -> lis
     default = conv1d.launch_config(case.channels, length, case.channel_last)
     configs = sweep_configs_for(case.channel_last)
     configs += [default] if default not in configs else []
+    reference = dense_reference(case, *input_sets[0])
     results = []
     for config in configs:
         result = {"layout": layout, "shape": list(case.shape), "config": dataclasses.astuple(config),
                   "default": config == default, "ms": NAN, "error": None}
         try:
+            # Every config is checked before it is timed: a fast wrong config must not win.
+            result["rel_err"] = relative_error(case.kernel_fn(*input_sets[0], config=config), reference)
+            if not result["rel_err"] < TOLERANCE:
+                raise ValueError(f"rel err {result['rel_err']:.1e} against the fp32 reference")
             result["ms"] = time_cuda_graph(functools.partial(case.kernel_fn, config=config), input_sets)
         except Exception as error:  # noqa: BLE001 - one config failing must not end the sweep
             result["error"] = f"{type(error).__name__}: {error}"[:500]
