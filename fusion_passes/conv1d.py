@@ -253,6 +253,14 @@ def _replacement(chain: MatchedChain) -> tuple[Callable[..., Any], list[Any]]:
     return fused, nodes
 
 
+def is_depthwise_conv1d(node: torch.fx.Node) -> bool:
+    """Whether ``node`` is a 1-D depthwise convolution (one input channel per group, groups = C): a candidate."""
+    x, weight = (arg.meta.get("val") if isinstance(arg, torch.fx.Node) else None for arg in node.args[:2])
+    if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor) or x.dim() != 3 or weight.dim() != 3:
+        return False
+    return not node.args[6] and _equals(weight.shape[1], 1) and _equals(node.args[8], x.shape[1])
+
+
 CAUSAL_CONV1D = register_family(
     FusionFamily(
         name="causal_conv1d",
@@ -261,9 +269,13 @@ CAUSAL_CONV1D = register_family(
         check=_check,
         cuda_size_rule=_cuda_size_rule,
         replacement=_replacement,
-        seed_targets=(),
-        seed_hops=0,
-        unmatched_reason="",
+        # A depthwise conv1d left in the graph is reported (a training graph keeps the conv
+        # output for backward, an intermediate used outside the chain); other convolutions
+        # (patch embeddings) are not candidates.
+        seed_targets=(aten.convolution.default,),
+        seed_filter=is_depthwise_conv1d,
+        seed_hops=4,
+        unmatched_reason="the depthwise conv1d is not padded by K - 1 and cut to its first L outputs (a causal conv1d)",
         describe=_describe,
     )
 )

@@ -142,6 +142,8 @@ class FusionFamily:
     describe: Callable[[MatchedChain], str] | None = None
     # Runs on the graph after this family's patterns (e.g. folding casts into fused ops).
     finish: Callable[[torch.fx.Graph], None] | None = None
+    # Which seed nodes mark a candidate (default: every node of a seed target).
+    seed_filter: Callable[[torch.fx.Node], bool] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -509,6 +511,8 @@ def explain_unfused(family: FusionFamily, graph: torch.fx.Graph, report: GraphRe
     reported = {miss.node for miss in report.near_misses}
     for target in family.seed_targets:
         for seed in graph.find_nodes(op="call_function", target=target):
+            if family.seed_filter is not None and not family.seed_filter(seed):
+                continue
             nearby = _nearby_users(seed, family.seed_hops)
             if any(node.name in reported for node in nearby):
                 continue

@@ -331,3 +331,21 @@ def test_symbolic_width_does_not_fuse() -> None:
     (graph,) = fusion_passes.report().graphs
     assert graph.fused == []
     assert any("K is symbolic" in miss.reason for miss in graph.near_misses), fusion_passes.report().summary()
+
+
+def test_training_graph_is_a_reported_near_miss() -> None:
+    """With grad (a training graph), the conv output is saved for backward: no fusion, and a near miss says why."""
+    torch.manual_seed(0)
+    result = capture(MambaStyleMixer(C, 3), randn(B, C, L))
+    assert conv_records(result) == []
+    assert conv_near_misses(result) == ["an intermediate of the chain is also used outside it"]
+
+
+def test_other_convolutions_are_not_candidates() -> None:
+    """A full (non-depthwise) same-length conv1d and a conv2d (a patch embedding) are no near misses: nothing to report."""
+
+    def fn(x: torch.Tensor, weight: torch.Tensor, image: torch.Tensor, kernel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return F.conv1d(x, weight, padding=1), F.conv2d(image, kernel)
+
+    result = capture(fn, randn(B, C, L), randn(C, C, 3), randn(B, 3, 8, 8), randn(4, 3, 2, 2))
+    assert conv_records(result) == [] and conv_near_misses(result) == []
