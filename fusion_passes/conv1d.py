@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch._inductor.pattern_matcher import CallFunction, Ignored, KeywordArg, PatternExpr
+from torch._inductor.pattern_matcher import Ignored, KeywordArg, PatternExpr
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from fusion_passes.kernels import conv1d as conv1d_kernels

@@ -96,6 +96,11 @@ class CausalConv1d:
         """The dtype of the final states: the initial states', else x's."""
         return self.initial_states.dtype if self.initial_states is not None else self.x.dtype
 
+    def empty_final_states(self) -> torch.Tensor:
+        """An uninitialized ``[S, C, K - 1]`` final-states output."""
+        shape = (self.sequences, self.channels, self.width - 1)
+        return torch.empty(shape, dtype=self.final_states_dtype, device=self.x.device)
+
 
 def argument_error(call: CausalConv1d) -> str | None:
     """What is wrong with the call's shapes, dtypes and devices, or None (checked on every call)."""
@@ -194,7 +199,7 @@ def reference(call: CausalConv1d) -> tuple[torch.Tensor, torch.Tensor | None]:
         out.copy_(_convolve(window, call, work))
         return out, None
     total = call.x.shape[1]
-    final = torch.empty((call.sequences, call.channels, history), dtype=call.final_states_dtype, device=call.x.device)
+    final = call.empty_final_states()
     offsets = call.cu_seqlens.clamp(0, total).tolist()
     flags = call.has_initial_state.tolist() if call.has_initial_state is not None else [True] * call.sequences
     for s in range(call.sequences):
@@ -349,7 +354,7 @@ def _launch(call: CausalConv1d, config: LaunchConfig | None = None) -> tuple[tor
     history = call.width - 1
     final = None
     if call.varlen:
-        final = torch.empty((call.sequences, call.channels, history), dtype=call.final_states_dtype, device=x.device)
+        final = call.empty_final_states()
         total = x.shape[1]
         # Dense-only batch strides are 0: every packed sequence starts in x at its offset.
         x_strides, out_strides = (0, *x.stride()), (0, *out.stride())
