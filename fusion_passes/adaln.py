@@ -240,28 +240,40 @@ _VIEW_OPS = {
 _ADD_ONE = {aten.add.Tensor, aten.add.Scalar}
 
 
+# A modulation operand: a graph value, or a Python number the graph multiplies or adds (``+ 0.3``,
+# ``0.5 * x``); the fused op reads a number as a 0-d float32 tensor.
+Operand = "torch.fx.Node | float"
+
+
+def is_number(value: Any) -> bool:
+    """Whether ``value`` is a Python int or float (a bool is neither)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """The fused call a match becomes: operand nodes, settings, and the views to replay on scale."""
 
     residual: torch.fx.Node | None
     x: torch.fx.Node
-    gate: tuple[torch.fx.Node, ...]
+    gate: tuple[Operand, ...]
     weight: torch.fx.Node | None
     bias: torch.fx.Node | None
-    scale: tuple[torch.fx.Node, ...]
+    scale: tuple[Operand, ...]
     scale_views: tuple[torch.fx.Node, ...]  # applied to each scale tensor, innermost first
-    shift: tuple[torch.fx.Node, ...]
+    shift: tuple[Operand, ...]
     select: torch.fx.Node | None
     eps: float
     norm: str
     rounding: str
     residual_dtype: torch.dtype | None
     out_dtype: torch.dtype
+    # False where the norm is multiplied by a number ``m`` (scale is then ``m`` itself).
+    scale_plus_one: bool = True
     # The second modulation of a pair (SD3.5's dual AdaLN), else empty.
     scale2: tuple[torch.fx.Node, ...] = ()
     scale2_views: tuple[torch.fx.Node, ...] = ()
-    shift2: tuple[torch.fx.Node, ...] = ()
+    shift2: tuple[Operand, ...] = ()
     out_dtype2: torch.dtype | None = None
 
     def describe(self) -> str:
@@ -277,7 +289,7 @@ def _used_outside(node: torch.fx.Node, inside: set[torch.fx.Node]) -> bool:
 
 
 def _is_one(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 1
+    return is_number(value) and value == 1
 
 
 def _split_multiplier(node: Any) -> tuple[torch.fx.Node, tuple[torch.fx.Node, ...]] | None:
@@ -314,19 +326,22 @@ def _per_row_condition(node: Any, x: torch.Tensor) -> torch.fx.Node | None:
     return cond
 
 
-def _gate_likeness(node: torch.fx.Node, stream: torch.Tensor) -> int:
-    # A gate broadcasts over tokens (2) or is chosen per row (1); the gated value is neither.
-    if node.meta["val"].shape != stream.shape:
+def _gate_likeness(operand: Operand, stream: torch.Tensor) -> int:
+    # A gate is a number (3), broadcasts over tokens (2) or is chosen per row (1); the gated value
+    # is none of these.
+    if is_number(operand):
+        return 3
+    if operand.meta["val"].shape != stream.shape:
         return 2
-    return 1 if _per_row_condition(node, stream) is not None else 0
+    return 1 if _per_row_condition(operand, stream) is not None else 0
 
 
-def _selected(node: torch.fx.Node | None, select: torch.fx.Node | None) -> tuple[torch.fx.Node, ...]:
-    if node is None:
+def _selected(operand: Operand | None, select: torch.fx.Node | None) -> tuple[Operand, ...]:
+    if operand is None:
         return ()
-    if select is not None and node.target == aten.where.self and node.args[0] is select:
-        return tuple(node.args[1:3])
-    return (node, node) if select is not None else (node,)
+    if select is not None and getattr(operand, "target", None) == aten.where.self and operand.args[0] is select:
+        return tuple(operand.args[1:3])
+    return (operand, operand) if select is not None else (operand,)
 
 
 def plan(chain: MatchedChain) -> Plan | str:
@@ -337,18 +352,25 @@ def plan(chain: MatchedChain) -> Plan | str:
 def _plan(chain: MatchedChain) -> Plan | str:
     facts = chain.variant.facts
     nodes = chain.nodes
-    split = _split_multiplier(nodes["multiplier"])
-    if split is None:
-        reason = f"the norm is multiplied by {nodes['multiplier']}, which is not 1 + scale"
-        multiplier = chain.value("multiplier")
-        if sum(size != 1 for size in multiplier.shape[:-1]) == 0:
+    if not is_number(nodes["eps"]):
+        return f"eps is the tensor {nodes['eps']}, not a number: the fused op takes eps as a constant"
+    multiplier = nodes["multiplier"]
+    if is_number(multiplier):
+        # A norm times a number: fused as a bare multiplier where a tensor modulates it too.
+        if facts["pair"] or nodes.get("shift") is None or is_number(nodes["shift"]):
+            return NotACandidate(f"the norm is multiplied by the constant {multiplier}")
+        scale, scale_views, scale_plus_one = float(multiplier), (), False
+    elif (split := _split_multiplier(multiplier)) is not None:
+        (scale, scale_views), scale_plus_one = split, True
+    else:
+        reason = f"the norm is multiplied by {multiplier}, which is not 1 + scale"
+        if sum(size != 1 for size in chain.value("multiplier").shape[:-1]) == 0:
             # The same over all rows: a norm's own weight (an RMSNorm before RoPE), not AdaLN.
             return NotACandidate(reason)
         return reason
-    scale, scale_views = split
     second: dict[str, Any] = {}
     if facts["pair"]:
-        split2 = _split_multiplier(nodes["multiplier2"])
+        split2 = None if is_number(nodes["multiplier2"]) else _split_multiplier(nodes["multiplier2"])
         if split2 is None:
             return f"the norm's second use is multiplied by {nodes['multiplier2']}, which is not 1 + scale"
         second = dict(
@@ -365,20 +387,23 @@ def _plan(chain: MatchedChain) -> Plan | str:
     if gate is not None and _gate_likeness(x, stream) > _gate_likeness(gate, stream):
         # gate * x is symmetric: the pattern may have bound the gate to x.
         x, gate = gate, x
+    for name, operand in (("x", x), ("residual", nodes.get("residual"))):
+        if is_number(operand):
+            return f"the residual sum adds the constant {operand} where the fused op reads a tensor {name}"
     # F3: operands chosen per row by one condition (views after the choice are not followed).
     candidates = [] if second else [gate, nodes.get("shift"), None if scale_views else scale]
     select = next((c for c in (_per_row_condition(n, stream) for n in candidates) if c is not None), None)
     if scale_views:
-        scale_nodes = (scale,) * (1 if select is None else 2)
+        scale_operands = (scale,) * (1 if select is None else 2)
     else:
-        scale_nodes = _selected(scale, select)
+        scale_operands = _selected(scale, select)
     plan_ = Plan(
         residual=nodes.get("residual"),
         x=x,
         gate=_selected(gate, select),
         weight=nodes.get("weight"),
         bias=nodes.get("bias"),
-        scale=scale_nodes,
+        scale=scale_operands,
         scale_views=scale_views,
         shift=_selected(nodes.get("shift"), select),
         select=select,
@@ -387,6 +412,7 @@ def _plan(chain: MatchedChain) -> Plan | str:
         rounding=facts["rounding"],
         residual_dtype=None if r_node is None else r_node.meta["val"].dtype,
         out_dtype=y_node.meta["val"].dtype,
+        scale_plus_one=scale_plus_one,
         **second,
     )
     for node in chain.match.nodes:
@@ -399,9 +425,11 @@ class _DataDependent(Exception):
     pass
 
 
-def _hint(node: torch.fx.Node | None) -> torch.Tensor | None:
+def _hint(node: Operand | None) -> torch.Tensor | None:
     if node is None:
         return None
+    if is_number(node):
+        return torch.empty((), dtype=torch.float32, device="meta")
     value = hinted(node.meta.get("val"))
     if value is None:
         raise _DataDependent(f"{node} has data-dependent sizes")
@@ -424,7 +452,7 @@ def _meta_call(chain: MatchedChain, plan_: Plan) -> adaln_kernels.NormModulate:
         x=_hint(plan_.x), residual=_hint(plan_.residual), gate=tuple(_hint(node) for node in plan_.gate),
         weight=_hint(plan_.weight), bias=_hint(plan_.bias), scale=scale,
         shift=tuple(_hint(node) for node in plan_.shift), select=_hint(plan_.select), eps=plan_.eps,
-        norm=plan_.norm, scale_plus_one=True, rounding=plan_.rounding, residual_dtype=plan_.residual_dtype,
+        norm=plan_.norm, scale_plus_one=plan_.scale_plus_one, rounding=plan_.rounding, residual_dtype=plan_.residual_dtype,
         out_dtype=plan_.out_dtype, scale2=scale2, shift2=tuple(_hint(node) for node in plan_.shift2),
         out_dtype2=plan_.out_dtype2,
     )
@@ -499,14 +527,15 @@ def _replacement(chain: MatchedChain) -> tuple[Callable[..., Any], list[Any]]:
     assert isinstance(plan_, Plan), plan_
     flat: list[torch.fx.Node] = []
 
-    def slots(nodes: Sequence[torch.fx.Node | None]) -> list[int | None]:
-        indices = []
-        for node in nodes:
-            if node is None:
-                indices.append(None)
-            else:
-                flat.append(node)
+    def slots(operands: Sequence[Operand | None]) -> list[int | float | None]:
+        # Each operand's index in ``flat`` (a graph value), itself (a number), or None (absent).
+        indices: list[int | float | None] = []
+        for operand in operands:
+            if isinstance(operand, torch.fx.Node):
+                flat.append(operand)
                 indices.append(len(flat) - 1)
+            else:
+                indices.append(None if operand is None else float(operand))
         return indices
 
     residual, x, weight, bias, select = slots([plan_.residual, plan_.x, plan_.weight, plan_.bias, plan_.select])
@@ -514,23 +543,30 @@ def _replacement(chain: MatchedChain) -> tuple[Callable[..., Any], list[Any]]:
     scale2, shift2 = slots(plan_.scale2), slots(plan_.shift2)
 
     def fused(*args: torch.Tensor) -> Any:
-        def get(index: int | None) -> torch.Tensor | None:
-            return None if index is None else args[index]
+        def get(slot: int | float | None) -> torch.Tensor | None:
+            if slot is None:
+                return None
+            if isinstance(slot, float):
+                return torch.full((), slot, dtype=torch.float32, device=args[x].device)
+            return args[slot]
 
-        settings = dict(eps=plan_.eps, norm=plan_.norm, scale_plus_one=True, rounding=plan_.rounding)
-        scales = [_replay_views(args[i], plan_.scale_views) for i in scale]
-        shifts = [args[i] for i in shift]
+        def getall(slots_: Sequence[int | float | None]) -> list[torch.Tensor]:
+            return [get(slot) for slot in slots_]
+
+        settings = dict(eps=plan_.eps, norm=plan_.norm, scale_plus_one=plan_.scale_plus_one, rounding=plan_.rounding)
+        scales = [_replay_views(tensor, plan_.scale_views) for tensor in getall(scale)]
         if plan_.scale2:
             return torch.ops.fusion_passes.norm_modulate_pair(
-                get(x), get(weight), get(bias), scales, shifts, [_replay_views(args[i], plan_.scale2_views) for i in scale2],
-                [args[i] for i in shift2], out_dtype=plan_.out_dtype, out_dtype2=plan_.out_dtype2, **settings,
+                get(x), get(weight), get(bias), scales, getall(shift),
+                [_replay_views(tensor, plan_.scale2_views) for tensor in getall(scale2)], getall(shift2),
+                out_dtype=plan_.out_dtype, out_dtype2=plan_.out_dtype2, **settings,
             )
         if plan_.residual is None:
             return torch.ops.fusion_passes.norm_modulate(
-                get(x), get(weight), get(bias), scales, shifts, get(select), out_dtype=plan_.out_dtype, **settings
+                get(x), get(weight), get(bias), scales, getall(shift), get(select), out_dtype=plan_.out_dtype, **settings
             )
         return torch.ops.fusion_passes.residual_norm_modulate(
-            get(residual), get(x), [args[i] for i in gate], get(weight), get(bias), scales, shifts, get(select),
+            get(residual), get(x), getall(gate), get(weight), get(bias), scales, getall(shift), get(select),
             residual_dtype=plan_.residual_dtype, out_dtype=plan_.out_dtype, **settings,
         )
 

@@ -40,7 +40,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from fusion_passes.config import FusionConfig
 from fusion_passes.graph_utils import canonicalize_reduction_dims, functionalize_inplace_ops
-from fusion_passes.report import GraphReport
+from fusion_passes.report import GraphReport, logger
 
 
 @dataclasses.dataclass(frozen=True)
@@ -446,6 +446,12 @@ def active_run(config: FusionConfig, report: GraphReport) -> Iterator[None]:
         _ACTIVE_RUN.pop()
 
 
+def _internal_error(family: FusionFamily, stage: str, anchor: torch.fx.Node, error: Exception) -> str:
+    # A failure of our own code on a chain: never the compile's end; the chain stays unfused.
+    logger.warning("%s: the %s of %s failed (%r); left unfused, please report", family.name, stage, anchor, error)
+    return f"the fusion's {stage} failed on this chain ({type(error).__name__}: {error}); left to Inductor"
+
+
 def _make_extra_check(family: FusionFamily, variant: PatternVariant) -> Callable[[Match], bool]:
     def extra_check(match: Match) -> bool:
         if not _ACTIVE_RUN:
@@ -459,9 +465,12 @@ def _make_extra_check(family: FusionFamily, variant: PatternVariant) -> Callable
         elif output.device.type not in config.devices:
             reason = f"device {output.device.type!r} is not in config.devices {config.devices}"
         else:
-            reason = family.check(chain)
-            if reason is None and output.device.type == "cuda" and config.size_rule:
-                reason = family.cuda_size_rule(chain)
+            try:
+                reason = family.check(chain)
+                if reason is None and output.device.type == "cuda" and config.size_rule:
+                    reason = family.cuda_size_rule(chain)
+            except Exception as error:  # noqa: BLE001  (a chain we do not understand stays Inductor's)
+                reason = _internal_error(family, "check", anchor, error)
         if reason is not None:
             if not isinstance(reason, NotACandidate):
                 report.add_near_miss(family.name, variant.name, anchor, reason)
@@ -475,10 +484,16 @@ def _make_handler(family: FusionFamily, variant: PatternVariant) -> Callable[...
     def handler(match: Match, *args: Any, **kwargs: Any) -> None:
         chain = MatchedChain.of(match, variant)
         _, report = _ACTIVE_RUN[-1]
-        name = variant.name if family.describe is None else family.describe(chain)
-        report.add_fusion(family.name, name, match.output_node())
-        replacement, flat_args = family.replacement(chain)
-        match.replace_by_example(replacement, flat_args, trace_fn=trace_post_grad)
+        anchor = match.output_node()
+        try:
+            name = variant.name if family.describe is None else family.describe(chain)
+            replacement, flat_args = family.replacement(chain)
+            # Traces the replacement before it touches the graph: a failure leaves the chain as it was.
+            match.replace_by_example(replacement, flat_args, trace_fn=trace_post_grad)
+        except Exception as error:  # noqa: BLE001
+            report.add_near_miss(family.name, variant.name, anchor, _internal_error(family, "rewrite", anchor, error))
+            return
+        report.add_fusion(family.name, name, anchor)
 
     return handler
 

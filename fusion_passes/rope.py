@@ -607,7 +607,7 @@ class Norm:
     output: torch.fx.Node
     input: torch.fx.Node
     weight: torch.fx.Node | None
-    eps: float
+    eps: float | torch.fx.Node  # a graph value where the model adds a tensor eps (not absorbed)
     rounding: str
     nodes: frozenset[torch.fx.Node]
     form: str
@@ -652,7 +652,7 @@ def match_norm(node: torch.fx.Node) -> Norm | None:
         if rounding != "none" and _value(node).dtype != _value(source).dtype:
             continue
         return Norm(
-            node, source, match.kwargs.get("weight"), float(match.kwargs["eps"]), rounding,
+            node, source, match.kwargs.get("weight"), match.kwargs["eps"], rounding,
             frozenset(match.nodes), f"{form.name}/{precision}",
         )
     return None
@@ -802,6 +802,10 @@ def _absorb_norms(group: Group) -> None:
     if len(kinds) != 1:
         group.norm_miss = "the streams' norms differ in kind or rounding"
         return
+    tensor_eps = next((norm.eps for norm, _ in found if isinstance(norm.eps, torch.fx.Node)), None)
+    if tensor_eps is not None:
+        group.norm_miss = f"the norm's eps is the tensor {tensor_eps.name}, not a number"
+        return
     inside = group.nodes.union(*({stream.input, stream.value} | stream.skipped for stream in group.streams))
     for norm, _ in found:
         if not data_users(norm.output) <= inside:
@@ -918,7 +922,7 @@ def _call_args(group: Group, operand: Any, call: Any) -> tuple[Any, ...]:
                 x = call(aten.reshape.default, x, stream.view[1])
         xs.append(x)
         weights.append(operand(norm.weight) if norm is not None and norm.weight is not None else None)
-        eps.append(norm.eps if norm is not None else 0.0)
+        eps.append(float(norm.eps) if norm is not None else 0.0)
         rotation = stream.rotation
         if rotation is None:
             cos.append(None)

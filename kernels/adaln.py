@@ -32,7 +32,9 @@ from fusion_passes.kernels.common import (
     SUPPORTED_DTYPES,
     broadcast_strides,
     broadcasts_to,
+    check_devices,
     collapse_leading_dims,
+    device_error,
     kernel_or_reference,
 )
 
@@ -80,6 +82,13 @@ class NormModulate:
             ("gate", self.gate), ("scale", self.scale), ("shift", self.shift), ("scale2", self.scale2), ("shift2", self.shift2)
         )
         return tuple((name, tensors) for name, tensors in operands if tensors)
+
+    def named_operands(self) -> list[tuple[str, torch.Tensor | None]]:
+        """Every tensor operand by its argument name (the else tensor of a selection as ``name (else)``)."""
+        operands = [("x", self.x), ("residual", self.residual), ("weight", self.weight), ("bias", self.bias)]
+        for name, tensors in self.modulation():
+            operands += [(name if i == 0 else f"{name} (else)", tensor) for i, tensor in enumerate(tensors)]
+        return [*operands, ("select", self.select)]
 
     @property
     def modulation_rows(self) -> int:
@@ -135,11 +144,8 @@ def _modulate(value: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor | No
 def unsupported_reason(call: NormModulate) -> str | None:
     """Why the Triton kernel cannot run ``call``, or None when it can (runs on every call)."""
     x = call.x
-    tensors = [("x", x), ("residual", call.residual), ("weight", call.weight), ("bias", call.bias)]
-    for name, pair in call.modulation():
-        tensors += [(name if i == 0 else f"{name} (else)", tensor) for i, tensor in enumerate(pair)]
-    for name, tensor in tensors:
-        if tensor is not None and tensor.dtype not in SUPPORTED_DTYPES:
+    for name, tensor in call.named_operands():
+        if name != "select" and tensor is not None and tensor.dtype not in SUPPORTED_DTYPES:
             return f"{name} dtype {tensor.dtype} is not one of {sorted(map(str, SUPPORTED_DTYPES))}"
     for name, dtype in (("out_dtype", call.out_dtype), ("residual_dtype", call.residual_dtype), ("out_dtype2", call.out_dtype2)):
         if dtype is not None and dtype not in SUPPORTED_DTYPES:
@@ -172,7 +178,10 @@ def unsupported_reason(call: NormModulate) -> str | None:
 
 
 def _argument_error(call: NormModulate) -> str | None:
-    # Errors in the settings (not the operands): a wrong graph rewrite, never a fallback case.
+    # Errors in the settings and devices (not the operands' shapes): a wrong graph rewrite, never a
+    # fallback case.
+    if (error := device_error(call.named_operands())) is not None:
+        return error
     if call.norm not in NORMS:
         return f"norm: expected one of {NORMS}, got {call.norm!r}"
     if call.rounding not in ROUNDINGS:
@@ -529,6 +538,8 @@ def norm_modulate(
 
 @norm_modulate.register_fake
 def _norm_modulate_fake(x, weight, bias, scale, shift, select, eps, norm, scale_plus_one, rounding, out_dtype):
+    call = NormModulate(x, None, (), weight, bias, tuple(scale), tuple(shift), select, eps, norm, scale_plus_one, rounding, None, out_dtype)
+    check_devices(call.named_operands())
     return torch.empty(x.shape, dtype=out_dtype, device=x.device)
 
 
@@ -562,6 +573,11 @@ def residual_norm_modulate(
 def _residual_norm_modulate_fake(
     residual, x, gate, weight, bias, scale, shift, select, eps, norm, scale_plus_one, rounding, residual_dtype, out_dtype
 ):
+    call = NormModulate(
+        x, residual, tuple(gate), weight, bias, tuple(scale), tuple(shift), select, eps, norm, scale_plus_one,
+        rounding, residual_dtype, out_dtype,
+    )
+    check_devices(call.named_operands())
     return (
         torch.empty(x.shape, dtype=out_dtype, device=x.device),
         torch.empty(x.shape, dtype=residual_dtype, device=x.device),
@@ -597,4 +613,9 @@ def norm_modulate_pair(
 def _norm_modulate_pair_fake(
     x, weight, bias, scale, shift, scale2, shift2, eps, norm, scale_plus_one, rounding, out_dtype, out_dtype2
 ):
+    call = NormModulate(
+        x, None, (), weight, bias, tuple(scale), tuple(shift), None, eps, norm, scale_plus_one, rounding, None,
+        out_dtype, tuple(scale2), tuple(shift2), out_dtype2,
+    )
+    check_devices(call.named_operands())
     return torch.empty(x.shape, dtype=out_dtype, device=x.device), torch.empty(x.shape, dtype=out_dtype2, device=x.device)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import torch
@@ -39,6 +39,26 @@ def broadcast_strides(tensor: torch.Tensor, shape: torch.Size) -> tuple[int, int
     """
     strides = tuple(0 if size == 1 else stride for size, stride in zip(tensor.shape, tensor.stride()))
     return (0,) * (LEADING_DIMS + 1 - len(strides)) + strides  # type: ignore[return-value]
+
+
+def device_error(operands: Sequence[tuple[str, torch.Tensor | None]]) -> str | None:
+    """Which named operand is not on the first operand's device, or None.
+
+    The ops' fake implementations check this too: a real ``meta`` tensor among CPU or CUDA
+    operands sends the call to the fake, which must raise rather than return uninitialized memory.
+    """
+    first_name, first = operands[0]
+    for name, tensor in operands[1:]:
+        if tensor is not None and tensor.device != first.device:
+            return f"{name}: expected device {first.device} ({first_name}'s), got {tensor.device}"
+    return None
+
+
+def check_devices(operands: Sequence[tuple[str, torch.Tensor | None]]) -> None:
+    """Raise the ValueError of ``device_error`` if an operand is on another device."""
+    error = device_error(operands)
+    if error is not None:
+        raise ValueError(error)
 
 
 def kernel_or_reference(

@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fusion_passes.kernels.common import SUPPORTED_DTYPES, kernel_or_reference
+from fusion_passes.kernels.common import SUPPORTED_DTYPES, check_devices, device_error, kernel_or_reference
 
 ACTIVATIONS = ("none", "silu")
 MIN_KERNEL_WIDTH = 2
@@ -96,6 +96,13 @@ class CausalConv1d:
         """The dtype of the final states: the initial states', else x's."""
         return self.initial_states.dtype if self.initial_states is not None else self.x.dtype
 
+    def named_operands(self) -> list[tuple[str, torch.Tensor | None]]:
+        """Every tensor operand by its argument name."""
+        return [
+            ("x", self.x), ("weight", self.weight), ("bias", self.bias), ("cu_seqlens", self.cu_seqlens),
+            ("initial_states", self.initial_states), ("has_initial_state", self.has_initial_state),
+        ]
+
     def empty_final_states(self) -> torch.Tensor:
         """An uninitialized ``[S, C, K - 1]`` final-states output."""
         shape = (self.sequences, self.channels, self.width - 1)
@@ -122,11 +129,8 @@ def argument_error(call: CausalConv1d) -> str | None:
         return f"activation: expected one of {ACTIVATIONS}, got {call.activation!r}"
     if call.conv_dtype not in _ROUNDING_CODES:
         return f"conv_dtype: expected one of {sorted(map(str, _ROUNDING_CODES))}, got {call.conv_dtype}"
-    tensors = {"weight": weight, "bias": call.bias, "cu_seqlens": call.cu_seqlens,
-               "initial_states": call.initial_states, "has_initial_state": call.has_initial_state}
-    for name, tensor in tensors.items():
-        if tensor is not None and tensor.device != x.device:
-            return f"{name}: expected device {x.device} (x's), got {tensor.device}"
+    if (error := device_error(call.named_operands())) is not None:
+        return error
     if not call.varlen:
         if call.initial_states is not None or call.has_initial_state is not None or call.max_seqlen is not None:
             return "initial_states, has_initial_state, max_seqlen: expected None for the dense op"
@@ -427,6 +431,7 @@ def causal_conv1d(
 
 @causal_conv1d.register_fake
 def _causal_conv1d_fake(x, weight, bias, activation, conv_dtype, out_dtype):
+    check_devices(CausalConv1d(x, weight, bias, activation, conv_dtype, out_dtype).named_operands())
     return output_like(x, out_dtype)
 
 
@@ -450,6 +455,8 @@ def causal_conv1d_varlen_op(
 
 @causal_conv1d_varlen_op.register_fake
 def _causal_conv1d_varlen_fake(x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen):
+    call = CausalConv1d(x, weight, bias, activation, torch.float32, x.dtype, cu_seqlens, initial_states, has_initial_state)
+    check_devices(call.named_operands())
     dtype = initial_states.dtype if initial_states is not None else x.dtype
     final = x.new_empty((cu_seqlens.shape[0] - 1, x.shape[0], weight.shape[1] - 1), dtype=dtype)
     return output_like(x, x.dtype), final

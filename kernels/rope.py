@@ -36,7 +36,14 @@ import torch
 import triton
 import triton.language as tl
 
-from fusion_passes.kernels.common import SUPPORTED_DTYPES, LEADING_DIMS, broadcasts_to, collapse_leading_dims
+from fusion_passes.kernels.common import (
+    SUPPORTED_DTYPES,
+    LEADING_DIMS,
+    broadcasts_to,
+    check_devices,
+    collapse_leading_dims,
+    device_error,
+)
 
 NORMS = ("none", "head", "heads")
 ROUNDINGS = ("none", "before_weight", "after_weight", "before_and_after_weight")
@@ -71,6 +78,14 @@ class Rope:
     interleaved: bool
     cat_dim: int
     out_dtype: torch.dtype
+
+    def named_operands(self) -> list[tuple[str, torch.Tensor | None]]:
+        """Every tensor operand by its argument name (``xs[s]``, ``weights[s]``, ``cos[s]``, ``sin[s]``)."""
+        return [
+            (f"{name}[{s}]", tensor)
+            for s, stream in enumerate(self.streams)
+            for name, tensor in (("xs", stream.x), ("weights", stream.weight), ("cos", stream.cos), ("sin", stream.sin))
+        ]
 
     @property
     def out_shape(self) -> tuple[int, ...]:
@@ -146,6 +161,8 @@ def argument_error(call: Rope, cat_dim: int | None = None) -> str | None:
         return f"cat_dim: expected a lead dim of the {first.dim()}-dim streams, got {cat_dim}"
     if call.cat_dim == first.dim() - 1:
         return f"cat_dim: expected a lead dim of the {first.dim()}-dim streams, got the last dim"
+    if (error := device_error(call.named_operands())) is not None:
+        return error
     head_dim = first.shape[-1]
     if not (call.rotary_dim % 2 == 0 and 0 < call.rotary_dim <= head_dim):
         return f"rotary_dim: expected an even number in 2..{head_dim}, got {call.rotary_dim}"
@@ -157,8 +174,6 @@ def argument_error(call: Rope, cat_dim: int | None = None) -> str | None:
         expected = [size for d, size in enumerate(first.shape) if d != call.cat_dim]
         if x.dim() != first.dim() or same != expected:
             return f"xs[{s}]: expected shape {tuple(first.shape)} except along cat_dim {call.cat_dim}, got {tuple(x.shape)}"
-        if x.device != first.device:
-            return f"xs[{s}]: expected device {first.device}, got {x.device}"
         if call.norm == "none" and stream.weight is not None:
             return f"weights[{s}]: expected None without a norm, got a tensor"
         if stream.weight is not None:
@@ -179,8 +194,6 @@ def argument_error(call: Rope, cat_dim: int | None = None) -> str | None:
 def _table_error(name: str, table: torch.Tensor, table_map: tuple[int, ...], x: torch.Tensor, rotary_dim: int) -> str | None:
     if table.dim() < 1 or not broadcasts_to(table.shape[:-1], x.shape[:-1]):
         return f"{name}: shape {tuple(table.shape)} does not broadcast to x's lead dims {tuple(x.shape[:-1])} plus a last dim"
-    if table.device != x.device:
-        return f"{name}: expected device {x.device}, got {table.device}"
     start, per_pair, per_member, part = table_map
     if part not in (0, 1) or (part == 1 and not table.is_complex()):
         return f"{name}: map part {part} is not 0 (real) or 1 (imaginary part of a complex table)"
@@ -528,6 +541,11 @@ def rope(
 
 @rope.register_fake
 def _rope_fake(xs, weights, eps, cos, sin, cos_maps, sin_maps, norm, rounding, rotary_dim, interleaved, cat_dim, out_dtype):
+    if not xs:
+        raise ValueError("xs: expected at least one stream, got none")
+    operands = [(f"{name}[{s}]", tensor) for name, tensors in (("xs", xs), ("weights", weights), ("cos", cos), ("sin", sin))
+                for s, tensor in enumerate(tensors)]
+    check_devices(operands)
     shape = list(xs[0].shape)
     shape[cat_dim] = sum(x.shape[cat_dim] for x in xs)
     return xs[0].new_empty(shape, dtype=out_dtype)
