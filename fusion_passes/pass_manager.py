@@ -16,6 +16,7 @@ from torch._inductor.pattern_matcher import stable_topological_sort
 
 from fusion_passes.config import FusionConfig
 from fusion_passes.graph_utils import canonicalize_reduction_dims, merge_duplicates
+from fusion_passes.kernel_launches import launch_fused_ops
 from fusion_passes.patterns import RewriteFamily, active_run, explain_unfused, families, pattern_pass
 from fusion_passes.report import GLOBAL_REPORT, FusionReport, GraphReport
 
@@ -104,6 +105,8 @@ class FusionPassManager(InferenceAwarePass or CustomGraphPass):  # type: ignore[
             for family in enabled:
                 if not isinstance(family, RewriteFamily):
                     explain_unfused(family, graph, graph_report)
+        if graph_report.fused:
+            launch_fused_ops(graph)
         self.report.add(graph_report)
 
     def uuid(self) -> str | None:

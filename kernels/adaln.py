@@ -37,6 +37,7 @@ from fusion_passes.kernels.common import (
     device_error,
     kernel_or_reference,
 )
+from fusion_passes.kernels.launch import KernelLaunch, NotEmittable, hinted, register_emitter, static_size
 
 # Widest row the kernel keeps in registers; wider rows fall back to the reference.
 MAX_HIDDEN = 16384
@@ -261,7 +262,7 @@ def _norm_modulate_kernel(
     x_ptr, residual_ptr, gate_ptr, gate_else_ptr, weight_ptr, bias_ptr,
     scale_ptr, scale_else_ptr, shift_ptr, shift_else_ptr, select_ptr, scale2_ptr, shift2_ptr,
     out_ptr, residual_out_ptr, out2_ptr,
-    dim1, dim2, hidden, eps,
+    dim1, dim2, hidden,
     x_s0, x_s1, x_s2, x_sc,
     res_s0, res_s1, res_s2, res_sc,
     gate_s0, gate_s1, gate_s2, gate_sc, gate_e0, gate_e1, gate_e2, gate_ec,
@@ -269,7 +270,7 @@ def _norm_modulate_kernel(
     shift_s0, shift_s1, shift_s2, shift_sc, shift_e0, shift_e1, shift_e2, shift_ec,
     select_s0, select_s1, select_s2,
     scale2_s0, scale2_s1, scale2_s2, scale2_sc, shift2_s0, shift2_s1, shift2_s2, shift2_sc,
-    IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_GATE: tl.constexpr,
+    EPS: tl.constexpr, IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_GATE: tl.constexpr,
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     ROUND_BEFORE_WEIGHT: tl.constexpr, ROUND_AFTER_AFFINE: tl.constexpr,
     SCALE_PLUS_ONE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_SELECT: tl.constexpr, HOISTED: tl.constexpr,
@@ -352,7 +353,7 @@ def _norm_modulate_kernel(
             mean = tl.sum(value, axis=1) / hidden
             value = tl.where(mask, value - mean[:, None], 0.0)
         mean_square = tl.sum(value * value, axis=1) / hidden
-        value = value * (1.0 / tl.sqrt(mean_square + eps))[:, None]
+        value = value * (1.0 / tl.sqrt(mean_square + EPS))[:, None]
         if ROUND_BEFORE_WEIGHT:
             value = value.to(norm_dtype).to(tl.float32)
         if HAS_WEIGHT:
@@ -417,76 +418,135 @@ def launch_config(hidden: int, modulation_rows: int) -> LaunchConfig:
     return LaunchConfig(block_rows, num_warps, num_stages=1, programs_per_sm=0, hoist=False)
 
 
+# A graph traced for CUDA on a machine without a GPU (tests) is planned for an H200.
+PLANNING_MULTIPROCESSORS = 132
+
+
+def multiprocessors(device: torch.device) -> int:
+    """Multiprocessors of ``device``; 1 where programs run one at a time (the CPU interpreter)."""
+    if device.type != "cuda":
+        return 1
+    if not torch.cuda.is_available():
+        return PLANNING_MULTIPROCESSORS
+    return _cuda_multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
+
+
 @functools.cache
-def _multiprocessors(device: torch.device) -> int:
-    # The CPU interpreter runs programs one at a time; one "multiprocessor" keeps its grid small.
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+def _cuda_multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 _NO_STRIDES = (0, 0, 0, 0)
 
 
 def _pair_args(
-    tensors: tuple[torch.Tensor, ...], shape: torch.Size
-) -> tuple[tuple[torch.Tensor | None, torch.Tensor | None], tuple[int, ...]]:
+    tensors: tuple[torch.Tensor, ...], shape: torch.Size, placeholder: torch.Tensor
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[int, ...]]:
     # ((tensor, else tensor), strides + else strides) of a modulation operand; without a selection
-    # both are the one tensor; an absent operand passes None and zero strides.
+    # both are the one tensor; an absent operand passes a placeholder pointer and zero strides.
     if not tensors:
-        return (None, None), _NO_STRIDES + _NO_STRIDES
+        return (placeholder, placeholder), _NO_STRIDES + _NO_STRIDES
     first, second = tensors[0], tensors[-1]
     return (first, second), broadcast_strides(first, shape) + broadcast_strides(second, shape)
 
 
-def _launch(
-    call: NormModulate, config: LaunchConfig | None = None, out: tuple[torch.Tensor, torch.Tensor | None] | None = None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    # Unchecked: the ops' CUDA path checks once and comes here, keeping host overhead low.
+def empty_outputs(call: NormModulate) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Uninitialized ``(y, second)`` for ``call``: contiguous, x's shape, the call's dtypes."""
     x = call.x
-    hidden = x.shape[-1]
-    if out is None:
-        second_dtype = call.residual_dtype if call.residual is not None else call.out_dtype2
-        second = None if second_dtype is None else torch.empty(x.shape, dtype=second_dtype, device=x.device)
-        out = (torch.empty(x.shape, dtype=call.out_dtype, device=x.device), second)
+    second_dtype = call.residual_dtype if call.residual is not None else call.out_dtype2
+    second = None if second_dtype is None else torch.empty(x.shape, dtype=second_dtype, device=x.device)
+    return torch.empty(x.shape, dtype=call.out_dtype, device=x.device), second
+
+
+def kernel_launch(
+    call: NormModulate, out: tuple[torch.Tensor, torch.Tensor | None], config: LaunchConfig | None = None
+) -> KernelLaunch | None:
+    """The launch computing ``call`` into ``out`` (None where x has no rows).
+
+    A function of shapes, strides, dtypes and the device only: a compiled graph plans it once.
+    """
+    x = call.x
+    hidden = static_size(x.shape[-1])
     # The second output is r (F2) or the second modulation (pair), never both.
     out, second = out
     residual_out, out2 = (second, None) if call.residual is not None else (None, second)
-    n_rows = out.numel() // hidden
-    if n_rows == 0:
-        return out, second
     leading = collapse_leading_dims(x.shape)
-    (gate, gate_else), gate_strides = _pair_args(call.gate, x.shape)
-    (scale, scale_else), scale_strides = _pair_args(call.scale, x.shape)
-    (shift, shift_else), shift_strides = _pair_args(call.shift, x.shape)
-    (scale2, _), scale2_strides = _pair_args(call.scale2, x.shape)
-    (shift2, _), shift2_strides = _pair_args(call.shift2, x.shape)
+    if leading[0] * leading[1] * leading[2] == 0:
+        return None
+    (gate, gate_else), gate_strides = _pair_args(call.gate, x.shape, x)
+    (scale, scale_else), scale_strides = _pair_args(call.scale, x.shape, x)
+    (shift, shift_else), shift_strides = _pair_args(call.shift, x.shape, x)
+    (scale2, _), scale2_strides = _pair_args(call.scale2, x.shape, x)
+    (shift2, _), shift2_strides = _pair_args(call.shift2, x.shape, x)
     residual_strides = broadcast_strides(call.residual, x.shape) if call.residual is not None else _NO_STRIDES
     select_strides = broadcast_strides(call.select, x.shape)[:3] if call.select is not None else (0, 0, 0)
     config = config or launch_config(hidden, call.modulation_rows)
     slices = leading[0] * leading[1]
     n_programs = triton.cdiv(leading[2], config.block_rows)
     if config.programs_per_sm:
-        n_programs = min(n_programs, triton.cdiv(config.programs_per_sm * _multiprocessors(x.device), slices))
+        n_programs = torch.sym_min(n_programs, triton.cdiv(config.programs_per_sm * multiprocessors(x.device), slices))
     # Modulation constant over the last leading dim is loaded once per program.
     hoisted = config.hoist and all(
         strides[2] == 0
         for pair_strides in (gate_strides, scale_strides, shift_strides, scale2_strides, shift2_strides)
         for strides in (pair_strides[:4], pair_strides[4:])
     )
-    _norm_modulate_kernel[(n_programs, slices)](
-        x, call.residual, gate, gate_else, call.weight, call.bias,
-        scale, scale_else, shift, shift_else, call.select, scale2, shift2,
-        out, residual_out, out2,
-        leading[1], leading[2], hidden, call.eps,
-        *broadcast_strides(x, x.shape), *residual_strides, *gate_strides, *scale_strides, *shift_strides, *select_strides,
-        *scale2_strides[:4], *shift2_strides[:4],
+    pointers = dict(
+        x_ptr=x, residual_ptr=call.residual, gate_ptr=gate, gate_else_ptr=gate_else, weight_ptr=call.weight,
+        bias_ptr=call.bias, scale_ptr=scale, scale_else_ptr=scale_else, shift_ptr=shift, shift_else_ptr=shift_else,
+        select_ptr=call.select, scale2_ptr=scale2, shift2_ptr=shift2, out_ptr=out, residual_out_ptr=residual_out,
+        out2_ptr=out2,
+    )
+    strides = dict(zip(_STRIDE_NAMES, (
+        *broadcast_strides(x, x.shape), *residual_strides, *gate_strides, *scale_strides, *shift_strides,
+        *select_strides, *scale2_strides[:4], *shift2_strides[:4],
+    ), strict=True))
+    arguments = dict(
+        # An absent operand's pointer is x's: never read (its HAS_ flag is off), never None.
+        **{name: x if tensor is None else tensor for name, tensor in pointers.items()},
+        dim1=leading[1], dim2=leading[2], hidden=hidden, EPS=call.eps, **strides,
         IS_RMS=call.norm == "rms", HAS_RESIDUAL=call.residual is not None, HAS_GATE=bool(call.gate),
         HAS_WEIGHT=call.weight is not None, HAS_BIAS=call.bias is not None,
         ROUND_BEFORE_WEIGHT=call.rounding == "before_weight", ROUND_AFTER_AFFINE=call.rounding == "after_affine",
         SCALE_PLUS_ONE=call.scale_plus_one, HAS_SHIFT=bool(call.shift), HAS_SELECT=call.select is not None,
-        HOISTED=hoisted, HAS_SECOND=bool(call.scale2), HAS_SHIFT2=bool(call.shift2), BLOCK_ROWS=config.block_rows, BLOCK_HIDDEN=triton.next_power_of_2(hidden),
-        NUM_STAGES=config.num_stages, num_warps=config.num_warps,
+        HOISTED=hoisted, HAS_SECOND=bool(call.scale2), HAS_SHIFT2=bool(call.shift2), BLOCK_ROWS=config.block_rows,
+        BLOCK_HIDDEN=triton.next_power_of_2(hidden), NUM_STAGES=config.num_stages, num_warps=config.num_warps,
     )
-    return out, second
+    outputs = ("out_ptr",) + (("residual_out_ptr",) if residual_out is not None else ()) + (
+        ("out2_ptr",) if out2 is not None else ()
+    )
+    return KernelLaunch(_norm_modulate_kernel, (n_programs, slices), arguments, outputs)
+
+
+_STRIDE_NAMES = (
+    "x_s0", "x_s1", "x_s2", "x_sc", "res_s0", "res_s1", "res_s2", "res_sc",
+    "gate_s0", "gate_s1", "gate_s2", "gate_sc", "gate_e0", "gate_e1", "gate_e2", "gate_ec",
+    "scale_s0", "scale_s1", "scale_s2", "scale_sc", "scale_e0", "scale_e1", "scale_e2", "scale_ec",
+    "shift_s0", "shift_s1", "shift_s2", "shift_sc", "shift_e0", "shift_e1", "shift_e2", "shift_ec",
+    "select_s0", "select_s1", "select_s2",
+    "scale2_s0", "scale2_s1", "scale2_s2", "scale2_sc", "shift2_s0", "shift2_s1", "shift2_s2", "shift2_sc",
+)
+
+
+def _launch(
+    call: NormModulate, config: LaunchConfig | None = None, out: tuple[torch.Tensor, torch.Tensor | None] | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    # Unchecked: the ops' CUDA path checks once and comes here.
+    out = out or empty_outputs(call)
+    launch = kernel_launch(call, out, config)
+    if launch is not None:
+        launch.run()
+    return out
+
+
+def emit_launch(call: NormModulate) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(y, second)`` computed by the kernel launched from the compiled graph being traced."""
+    out = empty_outputs(call)
+    launch = kernel_launch(call, out)
+    if launch is None:
+        return out
+    written = launch.emit()
+    return written["out_ptr"], written.get("residual_out_ptr", written.get("out2_ptr"))
 
 
 def norm_modulate_triton(
@@ -508,6 +568,21 @@ def norm_modulate_triton(
                 got = "None" if tensor is None else f"{tensor.dtype} {tuple(tensor.shape)} with strides {tensor.stride()}"
                 raise ValueError(f"{name}: expected a contiguous {dtype} tensor of shape {tuple(call.x.shape)}, got {got}")
     return _launch(call, config, out)
+
+
+def _emit(call: NormModulate) -> tuple[torch.Tensor, torch.Tensor | None]:
+    # The op's launch planned at compile time, in the graph being traced (a symbolic hidden size is
+    # specialized); NotEmittable where the kernel does not take the call.
+    if call.x.device.type != "cuda":
+        raise NotEmittable(f"x is on {call.x.device}; only CUDA has the kernel")
+    reason = _argument_error(call) or unsupported_reason(dataclasses.replace(
+        call, x=hinted(call.x), residual=hinted(call.residual), select=hinted(call.select),
+        weight=hinted(call.weight), bias=hinted(call.bias),
+        **{name: tuple(hinted(tensor) for tensor in tensors) for name, tensors in call.modulation()},
+    ))
+    if reason is not None:
+        raise NotEmittable(reason)
+    return emit_launch(call)
 
 
 def _run(call: NormModulate) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -541,6 +616,12 @@ def _norm_modulate_fake(x, weight, bias, scale, shift, select, eps, norm, scale_
     call = NormModulate(x, None, (), weight, bias, tuple(scale), tuple(shift), select, eps, norm, scale_plus_one, rounding, None, out_dtype)
     check_devices(call.named_operands())
     return torch.empty(x.shape, dtype=out_dtype, device=x.device)
+
+
+@register_emitter(norm_modulate._opoverload)
+def _emit_norm_modulate(x, weight, bias, scale, shift, select, eps, norm, scale_plus_one, rounding, out_dtype):
+    call = NormModulate(x, None, (), weight, bias, tuple(scale), tuple(shift), select, eps, norm, scale_plus_one, rounding, None, out_dtype)
+    return _emit(call)[0]
 
 
 @torch.library.custom_op("fusion_passes::residual_norm_modulate", mutates_args=())
@@ -584,6 +665,16 @@ def _residual_norm_modulate_fake(
     )
 
 
+@register_emitter(residual_norm_modulate._opoverload)
+def _emit_residual_norm_modulate(
+    residual, x, gate, weight, bias, scale, shift, select, eps, norm, scale_plus_one, rounding, residual_dtype, out_dtype
+):
+    return _emit(NormModulate(
+        x, residual, tuple(gate), weight, bias, tuple(scale), tuple(shift), select, eps, norm, scale_plus_one,
+        rounding, residual_dtype, out_dtype,
+    ))
+
+
 @torch.library.custom_op("fusion_passes::norm_modulate_pair", mutates_args=())
 def norm_modulate_pair(
     x: torch.Tensor,
@@ -619,3 +710,13 @@ def _norm_modulate_pair_fake(
     )
     check_devices(call.named_operands())
     return torch.empty(x.shape, dtype=out_dtype, device=x.device), torch.empty(x.shape, dtype=out_dtype2, device=x.device)
+
+
+@register_emitter(norm_modulate_pair._opoverload)
+def _emit_norm_modulate_pair(
+    x, weight, bias, scale, shift, scale2, shift2, eps, norm, scale_plus_one, rounding, out_dtype, out_dtype2
+):
+    return _emit(NormModulate(
+        x, None, (), weight, bias, tuple(scale), tuple(shift), None, eps, norm, scale_plus_one, rounding, None,
+        out_dtype, tuple(scale2), tuple(shift2), out_dtype2,
+    ))

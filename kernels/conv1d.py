@@ -39,6 +39,7 @@ import triton
 import triton.language as tl
 
 from fusion_passes.kernels.common import SUPPORTED_DTYPES, check_devices, device_error, kernel_or_reference
+from fusion_passes.kernels.launch import KernelLaunch, NotEmittable, register_emitter, size_hint
 
 ACTIVATIONS = ("none", "silu")
 MIN_KERNEL_WIDTH = 2
@@ -348,48 +349,57 @@ def _launch_config(channels_pow2: int, tokens_pow2: int, channel_last: bool) -> 
 
 
 def _needs_int64(*tensors: torch.Tensor) -> bool:
-    # Whether an element offset within one sequence of these tensors may pass int32.
+    # Whether an element offset within one sequence of these tensors may pass int32 (always, for
+    # symbolic sizes: a compiled graph's launch must hold for every size it will see).
+    if any(not isinstance(size, int) for t in tensors for size in (*t.shape, *t.stride())):
+        return True
     return any(sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride())) >= 2**31 for t in tensors)
 
 
-def _launch(call: CausalConv1d, config: LaunchConfig | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def kernel_launch(
+    call: CausalConv1d, out: torch.Tensor, final: torch.Tensor | None, config: LaunchConfig | None = None
+) -> KernelLaunch | None:
+    """The launch computing ``call`` into ``out`` (and ``final``); None where there is nothing to do.
+
+    A function of shapes, strides, dtypes and the device only: a compiled graph plans it once
+    (a symbolic length sizes the tiles by its compile-time value; the kernel masks any length).
+    """
     x, weight, bias = call.x, call.weight, call.bias
-    out = output_like(x, call.out_dtype)
     history = call.width - 1
-    final = None
     if call.varlen:
-        final = call.empty_final_states()
         total = x.shape[1]
         # Dense-only batch strides are 0: every packed sequence starts in x at its offset.
         x_strides, out_strides = (0, *x.stride()), (0, *out.stride())
-        max_tokens = total if call.max_seqlen is None else min(call.max_seqlen, total)
+        max_tokens = total if call.max_seqlen is None else torch.sym_min(call.max_seqlen, total)
         length = total
     else:
         x_strides, out_strides = x.stride(), out.stride()
         max_tokens = length = x.shape[2]
     if call.sequences == 0 or (out.numel() == 0 and (final is None or final.numel() == 0)):
-        return out, final
+        return None
     channel_last = x.stride(-2) == 1 and x.shape[-1] > 1
-    config = config or launch_config(call.channels, max_tokens, channel_last)
+    config = config or launch_config(call.channels, size_hint(max_tokens), channel_last)
     channel_blocks = triton.cdiv(call.channels, config.block_channels)
-    token_blocks = max(1, triton.cdiv(max_tokens, config.block_tokens))
-    token_blocks = min(token_blocks, max(1, TARGET_PROGRAMS // (call.sequences * channel_blocks)))
-    token_blocks = min(token_blocks, MAX_GRID_YZ)
+    token_blocks = torch.sym_max(1, triton.cdiv(max_tokens, config.block_tokens))
+    token_blocks = torch.sym_min(token_blocks, max(1, TARGET_PROGRAMS // (size_hint(call.sequences) * channel_blocks)))
+    token_blocks = torch.sym_min(token_blocks, MAX_GRID_YZ)
     if channel_blocks > MAX_GRID_YZ:
         raise ValueError(f"channels: {call.channels} need {channel_blocks} channel blocks, over the grid's {MAX_GRID_YZ}")
     init, flags = call.initial_states, call.has_initial_state
     init_strides = init.stride() if init is not None else (0, 0, 0)
     final_strides = final.stride() if final is not None else (0, 0, 0)
-    _causal_conv1d_kernel[(call.sequences, token_blocks, channel_blocks)](
+    arguments = dict(zip(_CONV1D_ARGUMENT_NAMES, (
         x, weight, bias if bias is not None else x, out,
         call.cu_seqlens if call.varlen else x,
         init if init is not None else x,
         flags.view(torch.uint8) if flags is not None else x,
-        final if final is not None else out,
+        final if final is not None else x,
         call.channels, length,
         *x_strides, *out_strides, *weight.stride(), bias.stride(0) if bias is not None else 0,
         call.cu_seqlens.stride(0) if call.varlen else 0, flags.stride(0) if flags is not None else 0,
         *init_strides, *final_strides,
+    ), strict=True))
+    arguments.update(
         WIDTH=call.width, VARLEN=call.varlen, HAS_BIAS=bias is not None, HAS_INIT=init is not None,
         HAS_INIT_FLAGS=flags is not None, SILU=call.activation == "silu",
         ROUND_CONV=_ROUNDING_CODES[call.conv_dtype], INT64=_needs_int64(x, out),
@@ -397,7 +407,40 @@ def _launch(call: CausalConv1d, config: LaunchConfig | None = None) -> tuple[tor
         BLOCK_K=triton.next_power_of_2(max(history, 1)),
         num_warps=config.num_warps,
     )
+    outputs = ("out_ptr",) + (("final_ptr",) if final is not None else ())
+    return KernelLaunch(_causal_conv1d_kernel, (call.sequences, token_blocks, channel_blocks), arguments, outputs)
+
+
+_CONV1D_ARGUMENT_NAMES = (
+    "x_ptr", "weight_ptr", "bias_ptr", "out_ptr", "cu_seqlens_ptr", "init_ptr", "has_init_ptr", "final_ptr",
+    "channels", "length", "sxs", "sxc", "sxt", "sos", "soc", "sot", "swc", "swk", "sb", "scu", "sflag",
+    "sis", "sic", "sik", "sfs", "sfc", "sfk",
+)
+
+
+def _launch(call: CausalConv1d, config: LaunchConfig | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    out = output_like(call.x, call.out_dtype)
+    final = call.empty_final_states() if call.varlen else None
+    launch = kernel_launch(call, out, final, config)
+    if launch is not None:
+        launch.run()
     return out, final
+
+
+def _emit(call: CausalConv1d) -> tuple[torch.Tensor, torch.Tensor | None]:
+    # The launch planned at compile time in the graph being traced.
+    if call.x.device.type != "cuda":
+        raise NotEmittable(f"x is on {call.x.device}; only CUDA has the kernel")
+    reason = argument_error(call) or unsupported_reason(call)
+    if reason is not None:
+        raise NotEmittable(reason)
+    out = output_like(call.x, call.out_dtype)
+    final = call.empty_final_states() if call.varlen else None
+    launch = kernel_launch(call, out, final)
+    if launch is None:
+        return out, final
+    written = launch.emit()
+    return written["out_ptr"], written.get("final_ptr")
 
 
 def causal_conv1d_triton(call: CausalConv1d, config: LaunchConfig | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -460,6 +503,17 @@ def _causal_conv1d_varlen_fake(x, weight, bias, cu_seqlens, initial_states, has_
     dtype = initial_states.dtype if initial_states is not None else x.dtype
     final = x.new_empty((cu_seqlens.shape[0] - 1, x.shape[0], weight.shape[1] - 1), dtype=dtype)
     return output_like(x, x.dtype), final
+
+
+@register_emitter(causal_conv1d._opoverload)
+def _emit_causal_conv1d(x, weight, bias, activation, conv_dtype, out_dtype):
+    return _emit(CausalConv1d(x, weight, bias, activation, conv_dtype, out_dtype))[0]
+
+
+@register_emitter(causal_conv1d_varlen_op._opoverload)
+def _emit_causal_conv1d_varlen(x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen):
+    return _emit(CausalConv1d(x, weight, bias, activation, torch.float32, x.dtype, cu_seqlens, initial_states,
+                              has_initial_state, max_seqlen))
 
 
 def validate_offsets(cu_seqlens: torch.Tensor, total_tokens: int, max_seqlen: int | None) -> None:

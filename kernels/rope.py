@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import triton
@@ -44,6 +45,7 @@ from fusion_passes.kernels.common import (
     collapse_leading_dims,
     device_error,
 )
+from fusion_passes.kernels.launch import KernelLaunch, NotEmittable, hinted, register_emitter, size_hint, static_size
 
 NORMS = ("none", "head", "heads")
 ROUNDINGS = ("none", "before_weight", "after_weight", "before_and_after_weight")
@@ -306,12 +308,12 @@ def _table(ptr, row_offset, head_offsets, cols, col_mask, PER_HEAD: tl.constexpr
 @triton.jit
 def _rope_kernel(
     x_ptr, out_ptr, weight_ptr, cos_ptr, sin_ptr,
-    n1, n2, head_blocks,
+    n1, n2, head_blocks, out_start,
     sx0, sx1, sx2, sxd, so0, so1, so2, sod,
     sc0, sc1, sc2, cos_base, cos_pair, cos_member,
     ss0, ss1, ss2, sin_base, sin_pair, sin_member,
-    weight_stride, weight_head_stride, eps, inv_width,
-    HEAD_DIM: tl.constexpr, HALF: tl.constexpr, INTERLEAVED: tl.constexpr,
+    weight_stride, weight_head_stride,
+    EPS: tl.constexpr, INV_WIDTH: tl.constexpr, HEAD_DIM: tl.constexpr, HALF: tl.constexpr, INTERLEAVED: tl.constexpr,
     NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, ROUND_BEFORE_WEIGHT: tl.constexpr, ROUND_AFTER_WEIGHT: tl.constexpr,
     HAS_ROPE: tl.constexpr, TABLE_PER_HEAD: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_T: tl.constexpr,
@@ -327,7 +329,8 @@ def _rope_kernel(
     heads = (pid % head_blocks) * BLOCK_H + tl.arange(0, BLOCK_H)
     head_mask = heads < n2
     x_row = x_ptr + i0 * sx0 + i1 * sx1 + heads[:, None].to(tl.int64) * sx2
-    out_row = out_ptr + i0 * so0 + i1 * so1 + heads[:, None].to(tl.int64) * so2
+    # out_start: where this stream's slice of the joint output begins.
+    out_row = out_ptr + out_start + i0 * so0 + i1 * so1 + heads[:, None].to(tl.int64) * so2
     w_row = weight_ptr + heads[:, None] * weight_head_stride
     if INTERLEAVED:
         first_cols = tl.arange(0, 2 * BLOCK_P)
@@ -353,7 +356,7 @@ def _rope_kernel(
             squares += tl.sum(passed * passed, axis=1)
         if NORM == 2:
             squares = tl.zeros_like(squares) + tl.sum(squares, axis=0)
-        rstd = tl.rsqrt(squares * inv_width + eps)
+        rstd = tl.rsqrt(squares * INV_WIDTH + EPS)
         first = _normalized(first, rstd, w_row, first_cols * weight_stride, first_mask, HAS_WEIGHT, ROUND_BEFORE_WEIGHT, ROUND_AFTER_WEIGHT, x_ptr)
         if not INTERLEAVED:
             second = _normalized(second, rstd, w_row, second_cols * weight_stride, first_mask, HAS_WEIGHT, ROUND_BEFORE_WEIGHT, ROUND_AFTER_WEIGHT, x_ptr)
@@ -442,14 +445,20 @@ def _table_args(table: torch.Tensor, table_map: tuple[int, ...], lead: tuple[int
     return real, lead_strides + [start * width_stride + part, per_pair * width_stride, per_member * width_stride]
 
 
-def _launch_stream(call: Rope, stream: Stream, out: torch.Tensor, config: LaunchConfig | None) -> None:
+def stream_launch(
+    call: Rope, stream: Stream, out: torch.Tensor, start: Any, config: LaunchConfig | None = None
+) -> KernelLaunch | None:
+    """The launch writing ``stream`` into ``out`` from element ``start`` on (None for an empty stream).
+
+    A function of shapes, strides, dtypes and the device only: a compiled graph plans it once.
+    """
     x = stream.x
     if x.numel() == 0:
-        return
+        return None
     lead = collapse_leading_dims(x.shape)
     x_strides = _lead_strides(x, lead) if x.dim() > 1 else []
     out_strides = _lead_strides(out, lead)
-    head_dim = x.shape[-1]
+    head_dim = static_size(x.shape[-1])
     rope = stream.cos is not None
     if rope:
         cos, cos_args = _table_args(stream.cos, stream.cos_map, lead)
@@ -459,32 +468,35 @@ def _launch_stream(call: Rope, stream: Stream, out: torch.Tensor, config: Launch
         cos_args = sin_args = [0] * (LEADING_DIMS + 3)
     # The program's heads are a lead dim the tables broadcast over (each table row then loads
     # once for all of them): the heads of [B, L, H, D] or of [B, H, L, D]. A norm over all heads
-    # keeps the dim before the last.
+    # keeps the dim before the last. (Chosen by compile-time sizes: any choice is correct.)
     order = [0, 1, 2]
     if call.norm != "heads":
-        shared = [d for d in range(LEADING_DIMS) if lead[d] > 1 and cos_args[d] == 0 and sin_args[d] == 0]
+        shared = [d for d in range(LEADING_DIMS) if size_hint(lead[d]) > 1 and cos_args[d] == 0 and sin_args[d] == 0]
         if shared:
-            block_dim = max(shared, key=lambda d: lead[d])
+            block_dim = max(shared, key=lambda d: size_hint(lead[d]))
             order = [d for d in order if d != block_dim] + [block_dim]
     lead = tuple(lead[d] for d in order)
     x_strides, out_strides = [x_strides[d] for d in order], [out_strides[d] for d in order]
     cos_args = [cos_args[d] for d in order] + cos_args[LEADING_DIMS:]
     sin_args = [sin_args[d] for d in order] + sin_args[LEADING_DIMS:]
-    config = config or launch_config(lead[2], head_dim, call.norm == "heads")
-    if call.norm == "heads" and config.block_heads < lead[2]:
-        raise ValueError(f"config: norm 'heads' needs block_heads >= {lead[2]}, got {config.block_heads}")
-    head_blocks = triton.cdiv(lead[2], config.block_heads)
+    heads = static_size(lead[2])
+    config = config or launch_config(heads, head_dim, call.norm == "heads")
+    if call.norm == "heads" and config.block_heads < heads:
+        raise ValueError(f"config: norm 'heads' needs block_heads >= {heads}, got {config.block_heads}")
+    head_blocks = triton.cdiv(heads, config.block_heads)
     half = call.rotary_dim // 2
-    width = head_dim * (lead[2] if call.norm == "heads" else 1)
+    width = head_dim * (heads if call.norm == "heads" else 1)
     weight = stream.weight
-    _rope_kernel[(lead[0] * lead[1] * head_blocks,)](
+    arguments = dict(zip(_ROPE_ARGUMENT_NAMES, (
         x, out, weight if weight is not None else x, cos, sin,
-        lead[1], lead[2], head_blocks,
+        lead[1], heads, head_blocks, start,
         *x_strides, x.stride(-1), *out_strides, out.stride(-1),
         *cos_args, *sin_args,
         weight.stride(0) if weight is not None else 0,
-        head_dim * weight.stride(0) if weight is not None and call.norm == "heads" else 0, stream.eps, 1.0 / width,
-        HEAD_DIM=head_dim, HALF=half, INTERLEAVED=call.interleaved,
+        head_dim * weight.stride(0) if weight is not None and call.norm == "heads" else 0,
+    ), strict=True))
+    arguments.update(
+        EPS=stream.eps, INV_WIDTH=1.0 / width, HEAD_DIM=head_dim, HALF=half, INTERLEAVED=call.interleaved,
         NORM=NORMS.index(call.norm), HAS_WEIGHT=weight is not None,
         ROUND_BEFORE_WEIGHT=call.norm != "none" and call.round_before_weight,
         ROUND_AFTER_WEIGHT=call.norm != "none" and call.round_after_weight,
@@ -493,6 +505,25 @@ def _launch_stream(call: Rope, stream: Stream, out: torch.Tensor, config: Launch
         BLOCK_T=triton.next_power_of_2(max(head_dim - 2 * half, 1)),
         num_warps=config.num_warps,
     )
+    return KernelLaunch(_rope_kernel, (lead[0] * lead[1] * head_blocks,), arguments, ("out_ptr",))
+
+
+_ROPE_ARGUMENT_NAMES = (
+    "x_ptr", "out_ptr", "weight_ptr", "cos_ptr", "sin_ptr", "n1", "n2", "head_blocks", "out_start",
+    "sx0", "sx1", "sx2", "sxd", "so0", "so1", "so2", "sod",
+    "sc0", "sc1", "sc2", "cos_base", "cos_pair", "cos_member",
+    "ss0", "ss1", "ss2", "sin_base", "sin_pair", "sin_member",
+    "weight_stride", "weight_head_stride",
+)
+
+
+def _stream_starts(call: Rope, out: torch.Tensor) -> list[Any]:
+    # Where each stream's slice of the joint output begins, in elements.
+    starts, offset = [], 0
+    for stream in call.streams:
+        starts.append(offset * out.stride(call.cat_dim))
+        offset = offset + stream.x.shape[call.cat_dim]
+    return starts
 
 
 def rope_triton(call: Rope, config: LaunchConfig | None = None) -> torch.Tensor:
@@ -504,13 +535,32 @@ def rope_triton(call: Rope, config: LaunchConfig | None = None) -> torch.Tensor:
 
 
 def _launch(call: Rope, config: LaunchConfig | None = None) -> torch.Tensor:
+    out = torch.empty(call.out_shape, dtype=call.out_dtype, device=call.streams[0].x.device)
+    for stream, start in zip(call.streams, _stream_starts(call, out), strict=True):
+        launch = stream_launch(call, stream, out, start, config)
+        if launch is not None:
+            launch.run()
+    return out
+
+
+def _emit(call: Rope) -> torch.Tensor:
+    # The launches planned at compile time in the graph being traced, one per stream, each
+    # writing its slice of the joint output (threaded through as the tensor it returns).
     first = call.streams[0].x
+    if first.device.type != "cuda":
+        raise NotEmittable(f"xs[0] is on {first.device}; only CUDA has the kernel")
+    hinted_call = dataclasses.replace(call, streams=tuple(
+        dataclasses.replace(stream, x=hinted(stream.x), weight=hinted(stream.weight), cos=hinted(stream.cos), sin=hinted(stream.sin))
+        for stream in call.streams
+    ))
+    reason = unsupported_reason(hinted_call)
+    if reason is not None:
+        raise NotEmittable(reason)
     out = torch.empty(call.out_shape, dtype=call.out_dtype, device=first.device)
-    offset = 0
-    for stream in call.streams:
-        length = stream.x.shape[call.cat_dim]
-        _launch_stream(call, stream, out.narrow(call.cat_dim, offset, length), config)
-        offset += length
+    for stream, start in zip(call.streams, _stream_starts(call, out), strict=True):
+        launch = stream_launch(call, stream, out, start)
+        if launch is not None:
+            out = launch.emit()["out_ptr"]
     return out
 
 
@@ -549,3 +599,8 @@ def _rope_fake(xs, weights, eps, cos, sin, cos_maps, sin_maps, norm, rounding, r
     shape = list(xs[0].shape)
     shape[cat_dim] = sum(x.shape[cat_dim] for x in xs)
     return xs[0].new_empty(shape, dtype=out_dtype)
+
+
+@register_emitter(rope._opoverload)
+def _emit_rope(xs, weights, eps, cos, sin, cos_maps, sin_maps, norm, rounding, rotary_dim, interleaved, cat_dim, out_dtype):
+    return _emit(make_call(xs, weights, eps, cos, sin, cos_maps, sin_maps, norm, rounding, rotary_dim, interleaved, cat_dim, out_dtype))

@@ -12,6 +12,7 @@ from test_adaln_patterns import (
     one_norm_two_modulations,
     select01_residual,
 )
+from test_conv1d_patterns import transformers_causal_conv1d
 from test_rope_rules import complex_rope, joint_normed_rope, normed_rope
 from tiny_models import MODELS
 from torch._inductor.utils import run_and_get_code
@@ -145,8 +146,10 @@ def test_rope_output_feeds_attention_without_a_copy():
     args = [q, cuda_randn(*q.shape, dtype=torch.bfloat16), cuda_randn(*q.shape, dtype=torch.bfloat16), weight, weight, cos, sin]
     _, code = run_and_get_code(torch.compile(attention, backend="fusion_passes"), *args)
     lines = [line.strip() for line in "".join(code).splitlines()]
-    names = {line.split(" = ")[0] for line in lines if "fusion_passes.rope.default(" in line and " = " in line}
-    assert len(names) == 2, fusion_passes.report().summary()
+    # Each rotation is a launch of the rope kernel by Inductor's wrapper; its output is argument 2.
+    launches = [line for line in lines if re.match(r"_rope_kernel_\d+\.run\(", line)]
+    assert len(launches) == 2, fusion_passes.report().summary()
+    names = {launch.split("(")[1].split(",")[1].strip() for launch in launches}
     for line in lines:  # aliases ("buf52 = buf51") of the outputs
         if re.fullmatch(r"\w+ = \w+", line) and line.split(" = ")[1] in names:
             names.add(line.split(" = ")[0])
@@ -155,10 +158,66 @@ def test_rope_output_feeds_attention_without_a_copy():
         if any(re.search(rf"\b{name}\b", line) for name in names)
         and not re.fullmatch(r"\w+ = \w+(;.*)?", line)
         and not line.startswith(("del ", "assert_", "#"))
-        and "fusion_passes.rope.default(" not in line
+        and not re.match(r"_rope_kernel_\d+\.run\(", line)
+        and " = empty_strided_cuda(" not in line
     ]
     # Read by the attention kernel through views: no copy into another layout in between.
     assert uses and all("scaled_dot_product" in line for line in uses), uses
+
+
+LAUNCHED_CHAINS = {
+    "adaln": (chain, lambda: [cuda_randn(2, 77, 3072, dtype=torch.bfloat16), cuda_randn(2, 3 * 3072, dtype=torch.bfloat16)],
+              "_norm_modulate_kernel"),
+    "residual_adaln": (gated_residual, lambda: [cuda_randn(2, 77, 1536, dtype=torch.bfloat16)] * 2
+                       + [cuda_randn(2, 3 * 1536, dtype=torch.bfloat16)], "_norm_modulate_kernel"),
+    "rope": (joint_normed_rope, lambda: rope_args(joint_normed_rope, torch.bfloat16), "_rope_kernel"),
+    "complex rope": (complex_rope, lambda: rope_args(complex_rope, torch.bfloat16), "_rope_kernel"),
+    "causal_conv1d": (transformers_causal_conv1d, lambda: [cuda_randn(2, 96, 300, dtype=torch.bfloat16),
+                      cuda_randn(96, 4, dtype=torch.bfloat16), cuda_randn(96, dtype=torch.bfloat16)], "_causal_conv1d_kernel"),
+}
+
+
+# Under dynamic=True a complex table's chain and a conv1d with a symbolic K are not fused at all.
+FUSED_WHEN_DYNAMIC = ("adaln", "residual_adaln", "rope")
+
+
+@pytest.mark.parametrize(
+    ("name", "dynamic"),
+    [(name, False) for name in LAUNCHED_CHAINS] + [(name, True) for name in FUSED_WHEN_DYNAMIC],
+)
+def test_compiled_graphs_launch_the_kernels_from_inductors_wrapper(name, dynamic):
+    fn, make_args, kernel = LAUNCHED_CHAINS[name]
+    args = make_args()
+    compiled = torch.compile(fn, backend="fusion_passes", options=ANY_SIZE, dynamic=dynamic)
+    out, code = run_and_get_code(compiled, *args)
+    code = "".join(code)
+    assert re.search(rf"{kernel}_\d+\.run\(", code), code
+    assert "torch.ops.fusion_passes" not in code
+    torch._dynamo.reset()
+    for got, expected in zip(fn_outputs(out), fn_outputs(torch.compile(fn)(*args)), strict=True):
+        assert relative_error(got, expected) < 1e-2
+
+
+def test_dynamic_lengths_share_one_launch_plan():
+    compiled = torch.compile(chain, backend="fusion_passes", options=ANY_SIZE, dynamic=True)
+    for tokens in (77, 300, 1000):
+        args = [cuda_randn(2, tokens, 3072, dtype=torch.bfloat16), cuda_randn(2, 3 * 3072, dtype=torch.bfloat16)]
+        assert relative_error(compiled(*args), chain(*args)) < 1e-2
+    assert len(fusion_passes.report().graphs) == 1
+
+
+def test_fx_graph_cache_hit_launches_the_kernel(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    args = [cuda_randn(2, 77, 3072, dtype=torch.bfloat16), cuda_randn(2, 3 * 3072, dtype=torch.bfloat16)]
+    with torch._inductor.config.patch(force_disable_caches=False, fx_graph_cache=True):
+        codes = []
+        for _ in range(2):
+            torch._dynamo.reset()
+            out, code = run_and_get_code(torch.compile(chain, backend="fusion_passes", options=ANY_SIZE), *args)
+            codes.append("".join(code))
+            assert relative_error(out, chain(*args)) < 1e-2
+    assert fusion_passes.report().graphs[-1].cache_hit
+    assert all(re.search(r"_norm_modulate_kernel_\d+\.run\(", code) for code in codes)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

@@ -1,0 +1,85 @@
+"""The last step of the pass: fused ops on CUDA become kernel launches that Inductor's wrapper makes.
+
+A ``torch.ops.fusion_passes`` call left in a compiled graph goes through the custom-op dispatcher,
+checks its operands and plans its launch on every call (hundreds of microseconds of host time).
+Where the op's kernel module registered an emitter, the call is replaced here by the launch
+planned once, now, from the graph's fake tensors: Inductor then launches it like its own kernels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch._inductor.pattern_matcher import CallFunctionVarArgs, is_match
+from torch.utils import _pytree as pytree
+
+from fusion_passes.compat import exact_strides_for_triton_kernels
+from fusion_passes.kernels.launch import NotEmittable, emitters
+from fusion_passes.report import logger
+
+
+def _replace_by_launch(node: torch.fx.Node, emitter: Any) -> bool:
+    # Trace the emitter on the node's operands (replace_by_example traces a function of flat
+    # arguments) and put the traced launch in place of the node.
+    match = CallFunctionVarArgs(node.target).match(node)
+    assert is_match(match), match
+    flat_args, spec = pytree.tree_flatten((match.args, match.kwargs))
+
+    def launch(*flat: Any) -> Any:
+        call_args, call_kwargs = pytree.tree_unflatten(list(flat), spec)
+        return emitter(*call_args, **call_kwargs)
+
+    try:
+        match.replace_by_example(launch, flat_args, run_functional_passes=False)
+    except NotEmittable as reason:
+        logger.debug("fusion_passes: %s stays a custom op: %s", node, reason)
+        return False
+    return True
+
+
+def _on_cuda(arg: Any) -> bool:
+    value = arg.meta.get("val") if isinstance(arg, torch.fx.Node) else None
+    return isinstance(value, torch.Tensor) and value.device.type == "cuda"
+
+
+def launch_fused_ops(graph: torch.fx.Graph) -> int:
+    """Replace each fused op on CUDA by its launch planned at compile time; returns how many.
+
+    (A plain loop, not a pattern pass: Inductor's pattern passes skip nodes with complex operands,
+    such as a rotation's complex frequency table.)
+    """
+    if not inductor_launches_kernels():
+        return 0
+    by_op = emitters()
+    count = 0
+    for node in list(graph.nodes):
+        emitter = by_op.get(node.target) if node.op == "call_function" else None
+        if emitter is not None and any(_on_cuda(arg) for arg in node.all_input_nodes):
+            count += _replace_by_launch(node, emitter)
+    pin_operand_strides(graph)
+    return count
+
+
+def inductor_launches_kernels() -> bool:
+    """Whether fused ops are launched by Inductor's wrapper here (else they stay custom ops).
+
+    A launch bakes its operands' strides in; that is safe only where Inductor passes each operand
+    at exactly the strides of its fake value.
+    """
+    return exact_strides_for_triton_kernels()
+
+
+def pin_operand_strides(graph: torch.fx.Graph) -> None:
+    """Give every functional Triton-kernel node its operands' fake values, so that Inductor passes
+    them at exactly the strides the launch was planned for."""
+    hop = torch.ops.higher_order.triton_kernel_wrapper_functional
+    for node in graph.find_nodes(op="call_function", target=hop):
+        if "eager_input_vals" in node.meta:
+            continue
+        kwargs = dict(node.kwargs)
+        kwargs["kwargs"] = {
+            name: value.meta["val"] if isinstance(value, torch.fx.Node) else value
+            for name, value in kwargs["kwargs"].items()
+        }
+        node.meta["eager_input_vals"] = ((), kwargs)

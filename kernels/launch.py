@@ -1,0 +1,124 @@
+"""One description of a Triton launch, run two ways: eagerly, or emitted into a compiled graph.
+
+A launcher computes a ``KernelLaunch`` (kernel, grid, arguments, which tensors it writes) from its
+operands. Called on real tensors, ``run`` launches it. Called by a graph rewrite on the fake
+tensors of a compiled graph, ``emit`` records it as Inductor's functional Triton-kernel node: the
+launch config, constexprs, strides and grid are then decided once, at compile time, and Inductor's
+own wrapper launches the kernel like the kernels it generates (its launcher, CUDA-graph trees and
+C++ wrapper apply). Only tensors and symbolic sizes remain arguments at run time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelLaunch:
+    """A Triton kernel, its grid and keyword arguments, and the names of the tensors it writes."""
+
+    kernel: Any
+    grid: tuple[Any, ...]
+    arguments: Mapping[str, Any]
+    outputs: tuple[str, ...]
+
+    def run(self) -> None:
+        """Launch on real tensors."""
+        self.kernel[self.grid](**self.arguments)
+
+    def emit(self) -> dict[str, torch.Tensor]:
+        """Record the launch in the graph being traced; returns the written tensors by name."""
+        from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table, triton_kernel_wrapper_functional
+
+        arguments = dict(self.arguments)
+        # Compile options travel as the one config of an autotuner, as torch.compile passes them.
+        options = tuple((name, arguments.pop(name)) for name in _COMPILE_OPTIONS if name in arguments)
+        runtime = {name: value for name, value in arguments.items() if _is_runtime(value)}
+        constants = {name: value for name, value in arguments.items() if name not in runtime}
+        return triton_kernel_wrapper_functional(
+            kernel_idx=kernel_side_table.add_kernel(_configured(self.kernel, options)),
+            constant_args_idx=kernel_side_table.add_constant_args(constants),
+            # Inductor's launcher takes three grid dims.
+            grid=[tuple(self.grid) + (1,) * (3 - len(self.grid))],
+            tma_descriptor_metadata={},
+            kwargs=runtime,
+            tensors_to_clone=list(self.outputs),
+        )
+
+
+_COMPILE_OPTIONS = ("num_warps", "num_stages")
+
+
+@functools.cache
+def _configured(kernel: Any, options: tuple[tuple[str, int], ...]) -> Any:
+    # The kernel with its compile options as a one-config autotuner (one per kernel and options, so
+    # the kernel side table holds each once).
+    if not options:
+        return kernel
+    import triton
+
+    return triton.autotune(configs=[triton.Config({}, **dict(options))], key=[])(kernel)
+
+
+def _is_runtime(value: Any) -> bool:
+    # Tensors and symbolic sizes travel as graph values; everything else is a compile-time constant.
+    return isinstance(value, (torch.Tensor, torch.SymInt, torch.SymFloat))
+
+
+# Fused op -> the function that emits its launch: called with the op's own arguments (fake tensors
+# of the graph being traced), it returns the op's outputs computed by an emitted kernel launch.
+_EMITTERS: dict[Any, Callable[..., Any]] = {}
+
+
+def register_emitter(op: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare how ``op`` (a ``torch.ops.fusion_passes`` overload) is launched from a compiled graph."""
+
+    def register(emitter: Callable[..., Any]) -> Callable[..., Any]:
+        _EMITTERS[op] = emitter
+        return emitter
+
+    return register
+
+
+def emitters() -> dict[Any, Callable[..., Any]]:
+    """Every fused op with a registered emitter."""
+    return dict(_EMITTERS)
+
+
+class NotEmittable(Exception):
+    """The fused call cannot be planned at compile time (it stays an opaque custom op); why."""
+
+
+def size_hint(size: Any) -> int:
+    """A size's value at compile time (its hint, for a symbolic size), without adding a guard."""
+    if isinstance(size, int):
+        return size
+    hint = size.node.hint
+    if hint is None:
+        raise NotEmittable(f"size {size} is data-dependent")
+    return hint
+
+
+def hinted(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """A meta tensor with ``tensor``'s compile-time sizes, strides and dtype (checks on it add no guards)."""
+    if tensor is None:
+        return None
+    return torch.empty_strided(
+        [size_hint(size) for size in tensor.shape], [size_hint(stride) for stride in tensor.stride()],
+        dtype=tensor.dtype, device="meta",
+    )
+
+
+def static_size(size: Any) -> int:
+    """``size`` as an int; a symbolic size is specialized to its value (a guard: a graph compiled
+    with ``dynamic=True`` recompiles if it changes). For the sizes a kernel's constexprs depend on."""
+    if isinstance(size, int):
+        return size
+    from torch.fx.experimental.symbolic_shapes import guard_int
+
+    return guard_int(size)

@@ -1,0 +1,90 @@
+"""How a fused op on CUDA is launched from a compiled graph, checked on fake CUDA graphs on CPU.
+
+The pass replaces each fused op by Inductor's functional Triton-kernel node, planned once from the
+graph's fake tensors: launch config, constexprs, strides and grid are constants of the graph;
+only tensors (and symbolic sizes) remain arguments. (Inductor's generated code for it, on a GPU,
+and a cache hit are tested in test_cuda.py.)
+"""
+
+from __future__ import annotations
+
+import re
+import unittest
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from expecttest import TestCase
+from test_rope_rules import joint_normed_rope
+from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+from torch._inductor.virtualized import V
+
+from fusion_passes import FusionConfig, FusionPassManager, FusionReport
+from fusion_passes.graph_utils import graph_text
+from fusion_passes.patterns import trace_post_grad
+
+BF16, FP32 = torch.bfloat16, torch.float32
+
+
+def adaln(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale) + shift
+
+
+def rewritten_for_cuda(fn: Callable[..., torch.Tensor], *operands: tuple[tuple[int, ...], torch.dtype]) -> tuple[str, list[dict]]:
+    """``fn`` traced on fake CUDA tensors ``(shape, dtype)`` or ``(shape, strides, dtype)`` and
+    rewritten: its graph text (side-table indices as N) and the constant arguments of each launch."""
+    mode = torch._subclasses.fake_tensor.FakeTensorMode()
+    with mode:
+        args = [torch.empty_strided(shape, rest[0] if len(rest) == 2 else torch.empty(shape).stride(), dtype=rest[-1], device="cuda")
+                for shape, *rest in operands]
+        gm = trace_post_grad(fn, args)
+    with V.set_fake_mode(mode):
+        FusionPassManager(FusionConfig(devices=("cuda",)), report=FusionReport())(gm.graph)
+    gm.recompile()
+    hop = torch.ops.higher_order.triton_kernel_wrapper_functional
+    constants = [kernel_side_table.get_constant_args(node.kwargs["constant_args_idx"])
+                 for node in gm.graph.find_nodes(op="call_function", target=hop)]
+    text = re.sub(r"(kernel_idx|constant_args_idx) = \d+", r"\1 = N", graph_text(gm))
+    return text, constants
+
+
+class LaunchPlanTest(TestCase):
+    # The pinned text is the CPU CI's trace (torch 2.13); a GPU machine runs test_cuda.py instead.
+    @unittest.skipIf(torch.cuda.is_available(), "pins the fake-CUDA trace of the CPU machines")
+    def test_adaln_is_one_launch_with_its_plan_as_graph_constants(self) -> None:
+        # scale and shift as chunk() views of one [2, 9216] modulation: rows 9216 apart.
+        chunk = ((2, 1, 3072), (9216, 9216, 1), BF16)
+        text, (plan,) = rewritten_for_cuda(adaln, ((2, 4096, 3072), BF16), chunk, chunk)
+        self.assertExpectedInline(text, """\
+class adaln(torch.nn.Module):
+    def forward(self, x_1: "bf16[2, 4096, 3072]", scale_1: "bf16[2, 1, 3072]", shift_1: "bf16[2, 1, 3072]") -> _torch_Tensor_:
+        empty_memory_format: "bf16[2, 4096, 3072]" = torch.ops.aten.empty.memory_format([2, 4096, 3072], dtype = torch.bfloat16, device = device(type='cuda', index=0), pin_memory = False)
+        triton_kernel_wrapper_functional = torch.ops.higher_order.triton_kernel_wrapper_functional(kernel_idx = N, constant_args_idx = N, grid = [(264, 2, 1)], tma_descriptor_metadata = {}, kwargs = {'x_ptr': x_1, 'residual_ptr': x_1, 'gate_ptr': x_1, 'gate_else_ptr': x_1, 'weight_ptr': x_1, 'bias_ptr': x_1, 'scale_ptr': scale_1, 'scale_else_ptr': scale_1, 'shift_ptr': shift_1, 'shift_else_ptr': shift_1, 'select_ptr': x_1, 'scale2_ptr': x_1, 'shift2_ptr': x_1, 'out_ptr': empty_memory_format, 'residual_out_ptr': x_1, 'out2_ptr': x_1}, tensors_to_clone = ['out_ptr'])
+        getitem_2: "bf16[2, 4096, 3072]" = triton_kernel_wrapper_functional['out_ptr']
+        return getitem_2
+""")  # noqa: B950
+        # Strides (the chunk views' rows are 9216 apart), eps and the launch config are constants.
+        self.assertEqual(
+            {name: plan[name] for name in ("scale_s1", "scale_s2", "scale_sc", "dim2", "hidden", "EPS", "HOISTED",
+                                            "BLOCK_HIDDEN")},
+            {"scale_s1": 9216, "scale_s2": 0, "scale_sc": 1, "dim2": 4096, "hidden": 3072, "EPS": 1e-6, "HOISTED": True,
+             "BLOCK_HIDDEN": 4096},
+        )
+
+    def test_joint_rope_streams_write_one_output_in_turn(self) -> None:
+        shapes = [((1, 512, 24, 128), BF16), ((1, 4096, 24, 128), BF16), ((128,), BF16), ((128,), BF16),
+                  ((1, 4608, 1, 128), FP32), ((1, 4608, 1, 128), FP32)]
+        text, plans = rewritten_for_cuda(joint_normed_rope, *shapes)
+        launches = re.findall(r"triton_kernel_wrapper_functional(?:_\d+)? = .*kwargs = \{'x_ptr': (\w+), 'out_ptr': (\w+)", text)
+        # The image stream writes into the buffer the text stream returned.
+        self.assertEqual(launches, [("text_1", "empty_memory_format"), ("image_1", "getitem_2")])
+        self.assertEqual([plan["out_start"] for plan in plans], [0, 512 * 24 * 128])
+        self.assertNotIn("torch.ops.fusion_passes", text)
+
+    def test_cpu_graphs_keep_the_custom_op(self) -> None:
+        mode = torch._subclasses.fake_tensor.FakeTensorMode()
+        with mode:
+            gm = trace_post_grad(adaln, [torch.empty(2, 64, 3072), torch.empty(2, 1, 3072), torch.empty(2, 1, 3072)])
+        with V.set_fake_mode(mode):
+            FusionPassManager(FusionConfig(devices=("cpu",)), report=FusionReport())(gm.graph)
+        self.assertIn("fusion_passes.norm_modulate.default", graph_text(gm))
