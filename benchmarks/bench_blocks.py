@@ -1,10 +1,12 @@
-"""GPU benchmark: whole transformer blocks at full size, Inductor alone vs the fusion_passes backend.
+"""GPU benchmark: whole transformer blocks, Inductor alone vs the fusion_passes backend, at several sizes.
 
-Run on a CUDA machine: ``python benchmarks/bench_blocks.py [--models flux,qwen_image,wan] [--out DIR]``.
+Run on a CUDA machine: ``python benchmarks/bench_blocks.py [--cases flux:1024,wan:81x480x832] [--out DIR]``.
 Each model is built with its full-size dimensions and one block of each kind (random weights,
-bf16); one eager forward records each block's inputs. Each block is then compiled alone with
-``torch.compile`` (Inductor) and with ``backend="fusion_passes"`` (default settings, size rule on),
-checked for parity, and timed by CUDA-graph replay. A table goes to stdout (last).
+bf16) at the case's resolution; one eager forward records each block's inputs. Each block is then
+compiled alone with ``torch.compile`` (Inductor) and with ``backend="fusion_passes"`` (default
+settings, size rule on), checked for parity, and timed three ways: CUDA-graph replay, back-to-back
+calls without CUDA graphs (torch.compile's default mode), and host time per call. A table goes to
+stdout (last).
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ from typing import Any
 import torch
 
 import fusion_passes
-from fusion_passes.timing import cuda_graph_ms
+from fusion_passes.timing import back_to_back_ms, cuda_graph_ms, host_ms
 
 
-def flux() -> tuple[torch.nn.Module, dict[str, Any]]:
-    """FLUX.1 at 1024x1024: C=3072, 24 heads x 128, 4096 image + 512 text tokens."""
+def flux(pixels: int = 1024) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """FLUX.1 at ``pixels`` square: C=3072, 24 heads x 128, (pixels/16)^2 image + 512 text tokens."""
     from diffusers import FluxTransformer2DModel
 
     model = FluxTransformer2DModel(
@@ -30,23 +32,25 @@ def flux() -> tuple[torch.nn.Module, dict[str, Any]]:
         num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
         axes_dims_rope=(16, 56, 56),
     )
+    tokens = (pixels // 16) ** 2
     inputs = dict(
-        hidden_states=torch.randn(1, 4096, 64), encoder_hidden_states=torch.randn(1, 512, 4096),
+        hidden_states=torch.randn(1, tokens, 64), encoder_hidden_states=torch.randn(1, 512, 4096),
         pooled_projections=torch.randn(1, 768), timestep=torch.rand(1), guidance=torch.full((1,), 3.5),
-        img_ids=torch.randn(4096, 3), txt_ids=torch.zeros(512, 3),
+        img_ids=torch.randn(tokens, 3), txt_ids=torch.zeros(512, 3),
     )
     return model, inputs
 
 
-def qwen_image(edit: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Qwen-Image at 1024x1024 (64x64 latent patches), C=3072; ``edit``: a reference image too (F3)."""
+def qwen_image(pixels: int = 1024, edit: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Qwen-Image at ``pixels`` square ((pixels/16)^2 latent patches), C=3072; ``edit``: a reference image too."""
     from diffusers import QwenImageTransformer2DModel
 
     model = QwenImageTransformer2DModel(
         patch_size=2, in_channels=64, out_channels=16, num_layers=1, attention_head_dim=128, num_attention_heads=24,
         joint_attention_dim=3584, axes_dims_rope=(16, 56, 56), zero_cond_t=edit,
     )
-    shapes = [(1, 64, 64), (1, 64, 64)] if edit else [(1, 64, 64)]
+    side = pixels // 16
+    shapes = [(1, side, side), (1, side, side)] if edit else [(1, side, side)]
     tokens = sum(f * h * w for f, h, w in shapes)
     inputs = dict(
         hidden_states=torch.randn(1, tokens, 64), encoder_hidden_states=torch.randn(1, 512, 3584),
@@ -56,9 +60,11 @@ def qwen_image(edit: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
     return model, inputs
 
 
-def wan() -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Wan 2.1 1.3B on an 81x480x832 video: C=1536, 12 heads x 128, 32760 tokens."""
+def wan(video: str = "81x480x832") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Wan 2.1 1.3B on a ``frames x height x width`` video: C=1536, 12 heads x 128 (81x480x832: 32760 tokens)."""
     from diffusers import WanTransformer3DModel
+
+    frames, height, width = (int(size) for size in video.split("x"))
 
     model = WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
@@ -66,13 +72,15 @@ def wan() -> tuple[torch.nn.Module, dict[str, Any]]:
         qk_norm="rms_norm_across_heads",
     )
     inputs = dict(
-        hidden_states=torch.randn(1, 16, 21, 60, 104), timestep=torch.randint(0, 1000, (1,)),
+        hidden_states=torch.randn(1, 16, (frames - 1) // 4 + 1, height // 8, width // 8), timestep=torch.randint(0, 1000, (1,)),
         encoder_hidden_states=torch.randn(1, 512, 4096),
     )
     return model, inputs
 
 
-MODELS = {"flux": flux, "qwen_image": qwen_image, "qwen_image_edit": lambda: qwen_image(edit=True), "wan": wan}
+MODELS = {"flux": flux, "qwen_image": qwen_image, "qwen_image_edit": lambda size: qwen_image(size, edit=True), "wan": wan}
+# The sizes users run: small and full resolutions.
+DEFAULT_CASES = "flux:256,flux:512,flux:1024,qwen_image:512,qwen_image:1024,wan:17x256x256,wan:81x480x832"
 
 
 def record_block_inputs(model: torch.nn.Module, inputs: dict[str, Any]) -> dict[str, tuple[torch.nn.Module, tuple, dict]]:
@@ -102,23 +110,26 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def bench_block(name: str, block: torch.nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
-    """Compile one block both ways, check parity, time both by CUDA-graph replay."""
+    """Compile one block both ways, check parity, time both with and without CUDA graphs."""
     torch._dynamo.reset()
     fusion_passes.reset_report()
     inductor = torch.compile(block)
     fused = torch.compile(block, backend="fusion_passes")
+    row: dict[str, Any] = {"block": name}
     with torch.no_grad():
         plain_out = first_tensor(inductor(*args, **kwargs))
         torch._dynamo.reset()
         fused_out = first_tensor(fused(*args, **kwargs))
         report = fusion_passes.report()
-        fused_ms = cuda_graph_ms(lambda: fused(*args, **kwargs), calls_per_graph=4, replays=20)
-        inductor_ms = cuda_graph_ms(lambda: inductor(*args, **kwargs), calls_per_graph=4, replays=20)
+        for label, fn in (("inductor", inductor), ("fused", fused)):
+            call = lambda fn=fn: fn(*args, **kwargs)  # noqa: E731
+            row[f"{label}_ms"] = cuda_graph_ms(call, calls_per_graph=4, replays=20)
+            row[f"{label}_no_graph_ms"] = back_to_back_ms(call, calls=20)
+            row[f"{label}_host_ms"] = host_ms(call, calls=10)
     return {
-        "block": name,
-        "inductor_ms": inductor_ms,
-        "fused_ms": fused_ms,
-        "speedup": inductor_ms / fused_ms,
+        **row,
+        "speedup": row["inductor_ms"] / row["fused_ms"],
+        "speedup_no_graph": row["inductor_no_graph_ms"] / row["fused_no_graph_ms"],
         "fusions": report.counts(),
         "near_misses": [f"{miss.source}: {miss.reason}" for miss in report.near_misses],
         "rel_err_vs_inductor": relative_error(fused_out, plain_out),
@@ -126,24 +137,31 @@ def bench_block(name: str, block: torch.nn.Module, args: tuple, kwargs: dict) ->
 
 
 def main() -> None:
-    """Benchmark the chosen models' blocks; print the table last, write JSON to --out."""
+    """Benchmark the chosen models' blocks at the chosen sizes; print the table last, write JSON to --out."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="flux,qwen_image,wan")
+    parser.add_argument("--cases", default=DEFAULT_CASES, help="model:size, comma-separated")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_blocks.py needs a CUDA GPU")
     torch._inductor.config.force_disable_caches = True
     rows = []
-    for model_name in args.models.split(","):
+    for case in args.cases.split(","):
+        model_name, size = case.split(":")
         torch.manual_seed(0)
         with torch.device("cuda"):
-            model, inputs = MODELS[model_name]()
+            model, inputs = MODELS[model_name](int(size) if size.isdigit() else size)
         model = model.to(torch.bfloat16).eval()
         inputs = {k: v.to("cuda", torch.bfloat16) if isinstance(v, torch.Tensor) and v.is_floating_point() else
                   v.cuda() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
         for block_name, (block, block_args, block_kwargs) in record_block_inputs(model, inputs).items():
+            print(f"compiling and timing {model_name} {size} {block_name}", flush=True)
             row = bench_block(block_name, block, block_args, block_kwargs)
-            rows.append({"model": model_name, **row})
+            rows.append({"model": model_name, "size": size, **row})
             print(json.dumps(rows[-1]), flush=True)
+            if args.out:  # kept up to date: a run cut short still leaves its rows
+                args.out.mkdir(parents=True, exist_ok=True)
+                (args.out / "blocks.json").write_text(json.dumps({"rows": rows}, indent=1))
         del model
         torch.cuda.empty_cache()
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": datetime.date.today().isoformat()}
@@ -151,11 +169,13 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "blocks.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(json.dumps(meta))
-    print("| model | block | Inductor ms | fusion_passes ms | speedup | fusions | rel err vs Inductor |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | size | block | CUDA graphs: Inductor ms | ours ms | speedup | no graphs: Inductor ms | ours ms | speedup "
+          "| host ms: Inductor / ours | fusions | rel err |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['block']} | {r['inductor_ms']:.3f} | {r['fused_ms']:.3f} | {r['speedup']:.3f}x | "
-              f"{r['fusions']} | {r['rel_err_vs_inductor']:.1e} |")
+        print(f"| {r['model']} | {r['size']} | {r['block']} | {r['inductor_ms']:.3f} | {r['fused_ms']:.3f} | {r['speedup']:.3f}x | "
+              f"{r['inductor_no_graph_ms']:.3f} | {r['fused_no_graph_ms']:.3f} | {r['speedup_no_graph']:.3f}x | "
+              f"{r['inductor_host_ms']:.2f} / {r['fused_host_ms']:.2f} | {r['fusions']} | {r['rel_err_vs_inductor']:.1e} |")
 
 
 if __name__ == "__main__":
