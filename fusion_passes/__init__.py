@@ -4,6 +4,8 @@
 ``fusion_passes.report()`` says what fused.
 """
 
+import importlib.metadata
+
 from fusion_passes import adaln, conv1d, rope  # noqa: F401  (register the families, in application order)
 from fusion_passes.backend import enabled, fusion_passes_backend, inductor_options
 from fusion_passes.config import OPTIONS_KEY, FusionConfig
@@ -11,6 +13,11 @@ from fusion_passes.kernels.conv1d import causal_conv1d_varlen
 from fusion_passes.pass_manager import FusionPassManager
 from fusion_passes.patterns import families
 from fusion_passes.report import GLOBAL_REPORT, FusionReport, GraphReport
+
+try:
+    __version__ = importlib.metadata.version("fusion-passes")
+except importlib.metadata.PackageNotFoundError:  # a checkout on sys.path, not installed
+    __version__ = "0+unknown"
 
 
 def report() -> FusionReport:
@@ -24,6 +31,7 @@ def reset_report() -> None:
 
 
 __all__ = [
+    "__version__",
     "OPTIONS_KEY",
     "FusionConfig",
     "FusionPassManager",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -32,6 +33,12 @@ def fusion_passes_backend(
     # Inductor's own wrapper validates option names and expands mode= into config patches.
     patches = dict(torch._TorchCompileInductorWrapper(mode, inductor_options, dynamic=None).config)
     patches[HOOK] = FusionPassManager(config, chained=patches.get(HOOK, getattr(inductor_config, HOOK)))
+    if not patches.get("use_post_grad_passes", getattr(inductor_config, "use_post_grad_passes", True)):
+        warnings.warn(
+            f"fusion_passes: Inductor's post-grad passes are off in this compile (mode={mode!r} or "
+            "use_post_grad_passes=False), so no fusion runs; use another mode for the fusions",
+            stacklevel=2,
+        )
 
     graphs_before = len(GLOBAL_REPORT.graphs)
     hits_before = counters["inductor"]["fxgraph_cache_hit"]

@@ -6,6 +6,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+
 # The key under which our settings travel in torch.compile(..., options={...}).
 OPTIONS_KEY = "fusion_passes"
 
@@ -32,13 +34,15 @@ class FusionConfig:
         from fusion_passes.patterns import families
 
         if self.fusions is not None:
-            object.__setattr__(self, "fusions", tuple(self.fusions))
+            object.__setattr__(self, "fusions", _names("fusions", self.fusions))
             unknown = sorted(set(self.fusions) - set(families()))
             if unknown:
                 raise ValueError(f"fusions: unknown names {unknown}; expected some of {sorted(families())}")
         if not isinstance(self.size_rule, bool):
             raise TypeError(f"size_rule: expected a bool, got {type(self.size_rule).__name__}")
-        object.__setattr__(self, "devices", tuple(self.devices))
+        # A device may be named with an index ("cuda:0") or given as a torch.device: its type counts.
+        devices = _names("devices", self.devices, torch.device)
+        object.__setattr__(self, "devices", tuple(dict.fromkeys(_device_type(device) for device in devices)))
         unknown_devices = sorted(set(self.devices) - set(KNOWN_DEVICES))
         if unknown_devices:
             raise ValueError(f"devices: unknown device types {unknown_devices}; expected some of {list(KNOWN_DEVICES)}")
@@ -65,3 +69,24 @@ class FusionConfig:
         raise TypeError(
             f"options[{OPTIONS_KEY!r}]: expected a FusionConfig or a dict, got {type(value).__name__}"
         )
+
+
+def _names(setting: str, value: Any, *also: type) -> tuple[Any, ...]:
+    # One name (a string, or one of ``also``) or an iterable of them, as a tuple.
+    if isinstance(value, (str, *also)):
+        return (value,)
+    try:
+        names = tuple(value)
+    except TypeError:
+        raise TypeError(f"{setting}: expected a name or a list of names, got {type(value).__name__}") from None
+    for name in names:
+        if not isinstance(name, (str, *also)):
+            raise TypeError(f"{setting}: expected names (str), got {type(name).__name__} {name!r}")
+    return names
+
+
+def _device_type(device: str | torch.device) -> str:
+    try:
+        return torch.device(device).type
+    except RuntimeError:
+        return str(device)  # reported as an unknown device type

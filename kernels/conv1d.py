@@ -117,8 +117,9 @@ def argument_error(call: CausalConv1d) -> str | None:
     layout = "[C, total_tokens]" if call.varlen else "[B, C, L]"
     if x.dim() != expected_dims:
         return f"x: expected {expected_dims} dims {layout}, got shape {tuple(x.shape)}"
-    if not x.is_floating_point():
-        return f"x: expected a floating dtype, got {x.dtype}"
+    for name, tensor in (("x", x), ("weight", weight), ("bias", call.bias)):
+        if tensor is not None and not tensor.is_floating_point():
+            return f"{name}: expected a floating dtype, got {tensor.dtype}"
     channels = call.channels
     if weight.dim() != 2 or weight.shape[0] != channels:
         return f"weight: expected shape ({channels}, K), got {tuple(weight.shape)}"
@@ -544,10 +545,13 @@ def causal_conv1d_varlen(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal depthwise conv1d over packed sequences; returns ``(out, final_states)``.
 
-    ``x`` is ``[C, total_tokens]`` (pass token-major ``[total_tokens, C]`` memory as ``x_tc.t()``);
+    Forward only (no autograd). ``x`` is ``[C, total_tokens]`` (pass token-major ``[total_tokens, C]``
+    memory as ``x_tc.t()``);
     ``out`` has x's layout. ``max_seqlen`` (the longest sequence, if the caller knows it) sizes the
     grid; ``validate=True`` checks the offsets on the host first (off by default: it synchronizes).
     """
+    if activation not in (None, "silu"):
+        raise ValueError(f"activation: expected None or 'silu', got {activation!r}")
     if validate:
         call = CausalConv1d(x, weight, bias, activation or "none", torch.float32, x.dtype, cu_seqlens, initial_states,
                             has_initial_state, max_seqlen)

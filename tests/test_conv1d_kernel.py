@@ -751,7 +751,10 @@ VARLEN_ERRORS: dict[str, tuple[Callable[[], dict[str, Any]], str]] = {
     "K=1": (lambda: dict(weight=torch.randn(4, 1, device=DEVICE)), r"weight: expected K in 2\.\.8 taps, got 1"),
     "K=9": (lambda: dict(weight=torch.randn(4, 9, device=DEVICE)), r"weight: expected K in 2\.\.8 taps, got 9"),
     "bias channels": (lambda: dict(bias=torch.randn(3, device=DEVICE)), r"bias: expected shape \(4,\), got \(3,\)"),
-    "activation": (lambda: dict(activation="gelu"), r"activation: expected one of \('none', 'silu'\), got 'gelu'"),
+    # The op takes 'none'; the public function's own value for no activation is None.
+    "activation": (lambda: dict(activation="gelu"), r"activation: expected (one of \('none', 'silu'\)|None or 'silu'), got 'gelu'"),
+    "integer weight": (lambda: dict(weight=torch.ones(4, 3, dtype=torch.int32, device=DEVICE)), "weight: expected a floating dtype, got torch.int32"),
+    "integer bias": (lambda: dict(bias=torch.ones(4, dtype=torch.int64, device=DEVICE)), "bias: expected a floating dtype, got torch.int64"),
     "float cu_seqlens": (
         lambda: dict(cu_seqlens=torch.tensor([0.0, 5, 7, 10], device=DEVICE)), "cu_seqlens: expected dtype int32 or int64, got torch.float32",
     ),
@@ -804,6 +807,11 @@ def test_varlen_bad_arguments_name_the_argument(name: str, validate: bool) -> No
     if not on_meta(args):
         with pytest.raises(ValueError, match=message):
             conv1d.causal_conv1d_varlen(**args, validate=validate)
+
+
+def test_public_activation_error_lists_the_public_values() -> None:
+    with pytest.raises(ValueError, match=r"^activation: expected None or 'silu', got 'relu'$"):
+        conv1d.causal_conv1d_varlen(**varlen_args(activation="relu"))
 
 
 OFFSET_ERRORS = {  # name: (cu_seqlens over 10 tokens, max_seqlen, message)

@@ -1,5 +1,6 @@
 """Pass manager, backend, stock-backend hooks, report, cache key and FX-graph-cache behaviour."""
 
+import importlib.metadata
 import logging
 import operator
 import os
@@ -90,6 +91,8 @@ def test_mode_and_inductor_options_pass_through():
         ({"fusion_passes": {"devices": ["tpu"]}}, "ValueError: devices: unknown device types ['tpu']"),
         ({"fusion_passes": ["cpu"]}, "TypeError: options['fusion_passes']: expected a FusionConfig or a dict, got list"),
         ({"fusion_passes": {"size_rule": "off"}}, "TypeError: size_rule: expected a bool, got str"),
+        ({"fusion_passes": {"fusions": 3}}, "TypeError: fusions: expected a name or a list of names, got int"),
+        ({"fusion_passes": {"devices": [0]}}, "TypeError: devices: expected names (str), got int 0"),
         ({"not_an_inductor_option": 1}, "Unexpected optimization option not_an_inductor_option"),
     ],
 )
@@ -252,3 +255,28 @@ def test_fx_graph_cache_hit_still_runs_the_fused_code(tmp_path):
 
     assert run() == "hits=0 fused_op_ran=True fusions=1 cache_hit_graphs=0"
     assert run() == "hits=1 fused_op_ran=True fusions=0 cache_hit_graphs=1"
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        (dict(fusions="adaln"), dict(fusions=("adaln",))),
+        (dict(devices="cpu"), dict(devices=("cpu",))),
+        (dict(devices=("cpu:0", torch.device("cuda", 1), "cuda")), dict(devices=("cpu", "cuda"))),
+        (dict(devices=torch.device("cpu")), dict(devices=("cpu",))),
+    ],
+)
+def test_single_names_and_device_objects_are_settings(settings, expected):
+    config = fusion_passes.FusionConfig(**settings)
+    for name, value in expected.items():
+        assert getattr(config, name) == value
+
+
+def test_a_mode_without_post_grad_passes_is_reported():
+    fn = lambda x: torch.nn.functional.layer_norm(x, x.shape[-1:]) * 2  # noqa: E731
+    with pytest.warns(UserWarning, match="post-grad passes are off in this compile"):
+        torch.compile(fn, backend="fusion_passes", options={"use_post_grad_passes": False})(torch.randn(2, 8))
+
+
+def test_the_package_has_a_version():
+    assert fusion_passes.__version__ == importlib.metadata.version("fusion-passes")
