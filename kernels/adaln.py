@@ -590,6 +590,40 @@ def _run(call: NormModulate) -> tuple[torch.Tensor, torch.Tensor | None]:
     return kernel_or_reference(call, call.x, _argument_error, unsupported_reason, reference, _launch)
 
 
+# Each op's arguments as a call; the op, its fake and its emitter all read them through these.
+
+
+def _single_call(x, weight, bias, scale, shift, select, eps, norm, scale_plus_one, rounding, out_dtype) -> NormModulate:
+    return NormModulate(
+        x, None, (), weight, bias, tuple(scale), tuple(shift), select, eps, norm, scale_plus_one, rounding, None, out_dtype
+    )
+
+
+def _residual_call(
+    residual, x, gate, weight, bias, scale, shift, select, eps, norm, scale_plus_one, rounding, residual_dtype, out_dtype
+) -> NormModulate:
+    return NormModulate(
+        x, residual, tuple(gate), weight, bias, tuple(scale), tuple(shift), select, eps, norm, scale_plus_one,
+        rounding, residual_dtype, out_dtype,
+    )
+
+
+def _pair_call(
+    x, weight, bias, scale, shift, scale2, shift2, eps, norm, scale_plus_one, rounding, out_dtype, out_dtype2
+) -> NormModulate:
+    return NormModulate(
+        x, None, (), weight, bias, tuple(scale), tuple(shift), None, eps, norm, scale_plus_one, rounding, None,
+        out_dtype, tuple(scale2), tuple(shift2), out_dtype2,
+    )
+
+
+def _fake_outputs(call: NormModulate) -> tuple[torch.Tensor, torch.Tensor | None]:
+    # The outputs' metadata, after the same device check as the real op (a meta operand among real
+    # ones reaches the fake).
+    check_devices(call.named_operands())
+    return empty_outputs(call)
+
+
 @torch.library.custom_op("fusion_passes::norm_modulate", mutates_args=())
 def norm_modulate(
     x: torch.Tensor,
@@ -605,23 +639,11 @@ def norm_modulate(
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
     """F1: ``N(x) * (1 + scale) + shift`` (or ``* scale`` without ``scale_plus_one``)."""
-    call = NormModulate(
-        x, None, (), weight, bias, tuple(scale), tuple(shift), select, eps, norm, scale_plus_one, rounding, None, out_dtype
-    )
-    return _run(call)[0]
+    return _run(_single_call(x, weight, bias, scale, shift, select, eps, norm, scale_plus_one, rounding, out_dtype))[0]
 
 
-@norm_modulate.register_fake
-def _norm_modulate_fake(x, weight, bias, scale, shift, select, eps, norm, scale_plus_one, rounding, out_dtype):
-    call = NormModulate(x, None, (), weight, bias, tuple(scale), tuple(shift), select, eps, norm, scale_plus_one, rounding, None, out_dtype)
-    check_devices(call.named_operands())
-    return torch.empty(x.shape, dtype=out_dtype, device=x.device)
-
-
-@register_emitter(norm_modulate._opoverload)
-def _emit_norm_modulate(x, weight, bias, scale, shift, select, eps, norm, scale_plus_one, rounding, out_dtype):
-    call = NormModulate(x, None, (), weight, bias, tuple(scale), tuple(shift), select, eps, norm, scale_plus_one, rounding, None, out_dtype)
-    return _emit(call)[0]
+norm_modulate.register_fake(lambda *args, **kwargs: _fake_outputs(_single_call(*args, **kwargs))[0])
+register_emitter(norm_modulate._opoverload)(lambda *args, **kwargs: _emit(_single_call(*args, **kwargs))[0])
 
 
 @torch.library.custom_op("fusion_passes::residual_norm_modulate", mutates_args=())
@@ -642,37 +664,13 @@ def residual_norm_modulate(
     out_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """F2: ``r = residual + gate * x`` then F1 on ``r``; returns ``(y, r)``."""
-    call = NormModulate(
-        x, residual, tuple(gate), weight, bias, tuple(scale), tuple(shift), select, eps, norm, scale_plus_one,
-        rounding, residual_dtype, out_dtype,
-    )
-    y, r = _run(call)
-    return y, r
-
-
-@residual_norm_modulate.register_fake
-def _residual_norm_modulate_fake(
-    residual, x, gate, weight, bias, scale, shift, select, eps, norm, scale_plus_one, rounding, residual_dtype, out_dtype
-):
-    call = NormModulate(
-        x, residual, tuple(gate), weight, bias, tuple(scale), tuple(shift), select, eps, norm, scale_plus_one,
-        rounding, residual_dtype, out_dtype,
-    )
-    check_devices(call.named_operands())
-    return (
-        torch.empty(x.shape, dtype=out_dtype, device=x.device),
-        torch.empty(x.shape, dtype=residual_dtype, device=x.device),
-    )
-
-
-@register_emitter(residual_norm_modulate._opoverload)
-def _emit_residual_norm_modulate(
-    residual, x, gate, weight, bias, scale, shift, select, eps, norm, scale_plus_one, rounding, residual_dtype, out_dtype
-):
-    return _emit(NormModulate(
-        x, residual, tuple(gate), weight, bias, tuple(scale), tuple(shift), select, eps, norm, scale_plus_one,
-        rounding, residual_dtype, out_dtype,
+    return _run(_residual_call(
+        residual, x, gate, weight, bias, scale, shift, select, eps, norm, scale_plus_one, rounding, residual_dtype, out_dtype
     ))
+
+
+residual_norm_modulate.register_fake(lambda *args, **kwargs: _fake_outputs(_residual_call(*args, **kwargs)))
+register_emitter(residual_norm_modulate._opoverload)(lambda *args, **kwargs: _emit(_residual_call(*args, **kwargs)))
 
 
 @torch.library.custom_op("fusion_passes::norm_modulate_pair", mutates_args=())
@@ -692,31 +690,10 @@ def norm_modulate_pair(
     out_dtype2: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """F1 twice on one norm: ``n = N(x)``; ``(n * (1 + scale) + shift, n * (1 + scale2) + shift2)``."""
-    call = NormModulate(
-        x, None, (), weight, bias, tuple(scale), tuple(shift), None, eps, norm, scale_plus_one, rounding, None,
-        out_dtype, tuple(scale2), tuple(shift2), out_dtype2,
-    )
-    y, y2 = _run(call)
-    return y, y2
-
-
-@norm_modulate_pair.register_fake
-def _norm_modulate_pair_fake(
-    x, weight, bias, scale, shift, scale2, shift2, eps, norm, scale_plus_one, rounding, out_dtype, out_dtype2
-):
-    call = NormModulate(
-        x, None, (), weight, bias, tuple(scale), tuple(shift), None, eps, norm, scale_plus_one, rounding, None,
-        out_dtype, tuple(scale2), tuple(shift2), out_dtype2,
-    )
-    check_devices(call.named_operands())
-    return torch.empty(x.shape, dtype=out_dtype, device=x.device), torch.empty(x.shape, dtype=out_dtype2, device=x.device)
-
-
-@register_emitter(norm_modulate_pair._opoverload)
-def _emit_norm_modulate_pair(
-    x, weight, bias, scale, shift, scale2, shift2, eps, norm, scale_plus_one, rounding, out_dtype, out_dtype2
-):
-    return _emit(NormModulate(
-        x, None, (), weight, bias, tuple(scale), tuple(shift), None, eps, norm, scale_plus_one, rounding, None,
-        out_dtype, tuple(scale2), tuple(shift2), out_dtype2,
+    return _run(_pair_call(
+        x, weight, bias, scale, shift, scale2, shift2, eps, norm, scale_plus_one, rounding, out_dtype, out_dtype2
     ))
+
+
+norm_modulate_pair.register_fake(lambda *args, **kwargs: _fake_outputs(_pair_call(*args, **kwargs)))
+register_emitter(norm_modulate_pair._opoverload)(lambda *args, **kwargs: _emit(_pair_call(*args, **kwargs)))

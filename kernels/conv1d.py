@@ -459,6 +459,25 @@ def _run(call: CausalConv1d) -> tuple[torch.Tensor, torch.Tensor | None]:
 # --- Custom ops ----------------------------------------------------------------------------------
 
 
+# Each op's arguments as a call; the op, its fake and its emitter all read them through these.
+
+
+def _dense_call(x, weight, bias, activation, conv_dtype, out_dtype) -> CausalConv1d:
+    return CausalConv1d(x, weight, bias, activation, conv_dtype, out_dtype)
+
+
+def _packed_call(x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen) -> CausalConv1d:
+    return CausalConv1d(x, weight, bias, activation, torch.float32, x.dtype, cu_seqlens, initial_states,
+                        has_initial_state, max_seqlen)
+
+
+def _fake_outputs(call: CausalConv1d) -> tuple[torch.Tensor, torch.Tensor | None]:
+    # The outputs' metadata, after the same device check as the real op (a meta operand among real
+    # ones reaches the fake).
+    check_devices(call.named_operands())
+    return output_like(call.x, call.out_dtype), call.empty_final_states() if call.varlen else None
+
+
 @torch.library.custom_op("fusion_passes::causal_conv1d", mutates_args=())
 def causal_conv1d(
     x: torch.Tensor,
@@ -469,14 +488,11 @@ def causal_conv1d(
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
     """F6 dense: x ``[B, C, L]``, weight ``[C, K]``; zeros before the first token; output in x's layout."""
-    out, _ = _run(CausalConv1d(x, weight, bias, activation, conv_dtype, out_dtype))
-    return out
+    return _run(_dense_call(x, weight, bias, activation, conv_dtype, out_dtype))[0]
 
 
-@causal_conv1d.register_fake
-def _causal_conv1d_fake(x, weight, bias, activation, conv_dtype, out_dtype):
-    check_devices(CausalConv1d(x, weight, bias, activation, conv_dtype, out_dtype).named_operands())
-    return output_like(x, out_dtype)
+causal_conv1d.register_fake(lambda *args, **kwargs: _fake_outputs(_dense_call(*args, **kwargs))[0])
+register_emitter(causal_conv1d._opoverload)(lambda *args, **kwargs: _emit(_dense_call(*args, **kwargs))[0])
 
 
 @torch.library.custom_op("fusion_passes::causal_conv1d_varlen", mutates_args=())
@@ -491,30 +507,11 @@ def causal_conv1d_varlen_op(
     max_seqlen: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """F6 packed: x ``[C, T]``, offsets ``[S + 1]``; returns ``(out, final_states [S, C, K - 1])``."""
-    call = CausalConv1d(x, weight, bias, activation, torch.float32, x.dtype, cu_seqlens, initial_states,
-                        has_initial_state, max_seqlen)
-    out, final = _run(call)
-    return out, final
+    return _run(_packed_call(x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen))
 
 
-@causal_conv1d_varlen_op.register_fake
-def _causal_conv1d_varlen_fake(x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen):
-    call = CausalConv1d(x, weight, bias, activation, torch.float32, x.dtype, cu_seqlens, initial_states, has_initial_state)
-    check_devices(call.named_operands())
-    dtype = initial_states.dtype if initial_states is not None else x.dtype
-    final = x.new_empty((cu_seqlens.shape[0] - 1, x.shape[0], weight.shape[1] - 1), dtype=dtype)
-    return output_like(x, x.dtype), final
-
-
-@register_emitter(causal_conv1d._opoverload)
-def _emit_causal_conv1d(x, weight, bias, activation, conv_dtype, out_dtype):
-    return _emit(CausalConv1d(x, weight, bias, activation, conv_dtype, out_dtype))[0]
-
-
-@register_emitter(causal_conv1d_varlen_op._opoverload)
-def _emit_causal_conv1d_varlen(x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen):
-    return _emit(CausalConv1d(x, weight, bias, activation, torch.float32, x.dtype, cu_seqlens, initial_states,
-                              has_initial_state, max_seqlen))
+causal_conv1d_varlen_op.register_fake(lambda *args, **kwargs: _fake_outputs(_packed_call(*args, **kwargs)))
+register_emitter(causal_conv1d_varlen_op._opoverload)(lambda *args, **kwargs: _emit(_packed_call(*args, **kwargs)))
 
 
 def validate_offsets(cu_seqlens: torch.Tensor, total_tokens: int, max_seqlen: int | None) -> None:
