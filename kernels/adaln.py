@@ -159,6 +159,24 @@ def unsupported_reason(call: NormModulate) -> str | None:
     hidden = x.shape[-1]
     if not 1 <= hidden <= MAX_HIDDEN:
         return f"hidden size {hidden} is outside 1..{MAX_HIDDEN}"
+    if (error := operand_error(call)) is not None:
+        return error
+    for name, pair in call.modulation():
+        if len(pair) == 2 and pair[0].dtype != pair[1].dtype:
+            return f"{name}'s two selectable tensors differ in dtype: {pair[0].dtype} and {pair[1].dtype}"
+    if call.select is not None and not broadcasts_to(call.select.shape, (*x.shape[:-1], 1)):
+        return f"select shape {tuple(call.select.shape)} does not broadcast to one value per row of x {tuple(x.shape)}"
+    return None
+
+
+def operand_error(call: NormModulate) -> str | None:
+    """Operand shapes and dtypes no implementation computes (the op raises a ValueError naming them):
+    a residual of another shape than x, a weight or bias that is not ``[hidden]``, a modulation that
+    would broadcast x to a larger shape, a non-boolean select."""
+    x = call.x
+    if x.dim() == 0:
+        return "x: expected at least one dim, got a 0-d tensor"
+    hidden = x.shape[-1]
     if call.residual is not None and call.residual.shape != x.shape:
         return f"residual shape {tuple(call.residual.shape)} is not x's {tuple(x.shape)}"
     for name, tensor in (("weight", call.weight), ("bias", call.bias)):
@@ -168,13 +186,8 @@ def unsupported_reason(call: NormModulate) -> str | None:
         for tensor in pair:
             if not broadcasts_to(tensor.shape, x.shape):
                 return f"{name} shape {tuple(tensor.shape)} does not broadcast to x shape {tuple(x.shape)}"
-        if len(pair) == 2 and pair[0].dtype != pair[1].dtype:
-            return f"{name}'s two selectable tensors differ in dtype: {pair[0].dtype} and {pair[1].dtype}"
-    if call.select is not None:
-        if call.select.dtype != torch.bool:
-            return f"select dtype {call.select.dtype} is not torch.bool"
-        if not broadcasts_to(call.select.shape, (*x.shape[:-1], 1)):
-            return f"select shape {tuple(call.select.shape)} does not broadcast to one value per row of x {tuple(x.shape)}"
+    if call.select is not None and call.select.dtype != torch.bool:
+        return f"select dtype {call.select.dtype} is not torch.bool"
     return None
 
 
@@ -203,7 +216,7 @@ def _argument_error(call: NormModulate) -> str | None:
     for name, tensors in call.modulation():
         if len(tensors) != expected:
             return f"{name}: expected {expected} tensor(s) ({'with' if expected == 2 else 'without'} select), got {len(tensors)}"
-    return None
+    return operand_error(call)
 
 
 @triton.jit
@@ -575,11 +588,13 @@ def _emit(call: NormModulate) -> tuple[torch.Tensor, torch.Tensor | None]:
     # specialized); NotEmittable where the kernel does not take the call.
     if call.x.device.type != "cuda":
         raise NotEmittable(f"x is on {call.x.device}; only CUDA has the kernel")
-    reason = _argument_error(call) or unsupported_reason(dataclasses.replace(
+    # Shapes are checked at their compile-time sizes (no guards).
+    hinted_call = dataclasses.replace(
         call, x=hinted(call.x), residual=hinted(call.residual), select=hinted(call.select),
         weight=hinted(call.weight), bias=hinted(call.bias),
         **{name: tuple(hinted(tensor) for tensor in tensors) for name, tensors in call.modulation()},
-    ))
+    )
+    reason = device_error(call.named_operands()) or _argument_error(hinted_call) or unsupported_reason(hinted_call)
     if reason is not None:
         raise NotEmittable(reason)
     return emit_launch(call)

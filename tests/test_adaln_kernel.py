@@ -1,6 +1,7 @@
 """The AdaLN Triton kernel (CPU interpreter without a GPU) and its custom ops, against fp64 references."""
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -238,8 +239,10 @@ UNSUPPORTED = {
 }
 
 
-# Operands the kernel does not take but the reference computes (the others are errors anywhere).
+# Operands the kernel does not take but the reference computes.
 REFERENCE_COMPUTES = {"float64 x", "1-D x", "5-D x", "too wide", "grid limit", "per-element select"}
+# Operands no implementation computes.
+OPERAND_ERRORS = {"weight shape", "scale broadcasts x up", "residual shape", "integer select"}
 
 
 def default_call(**overrides):
@@ -261,6 +264,17 @@ def test_unsupported_operands_name_the_argument(name):
     # The op computes the valid ones with the reference instead.
     if name in REFERENCE_COMPUTES:
         torch.testing.assert_close(adaln._run(c)[0], adaln.reference(c)[0])
+    # And raises a ValueError naming those no implementation computes.
+    if name in OPERAND_ERRORS:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            adaln._run(c)
+
+
+def test_a_modulation_broadcasting_x_up_is_an_error_not_a_larger_output():
+    # The op once returned the broadcast [3, 2, 4, 8] where its fake declared x's [2, 4, 8].
+    x, scale = torch.randn(2, 4, 8), torch.randn(3, 2, 4, 8)
+    with pytest.raises(ValueError, match=re.escape("scale shape (3, 2, 4, 8) does not broadcast to x shape (2, 4, 8)")):
+        torch.ops.fusion_passes.norm_modulate(x, None, None, [scale], [], None, 1e-6, "layer", True, "none", torch.float32)
 
 
 BAD_SETTINGS = {
