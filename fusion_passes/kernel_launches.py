@@ -35,6 +35,9 @@ def _replace_by_launch(node: torch.fx.Node, emitter: Any) -> bool:
     except NotEmittable as reason:
         logger.debug("fusion_passes: %s stays a custom op: %s", node, reason)
         return False
+    except Exception as error:  # noqa: BLE001  (the custom op still computes the chain, at its host cost)
+        logger.warning("fusion_passes: planning the launch of %s failed (%r); it stays a custom op", node, error)
+        return False
     return True
 
 

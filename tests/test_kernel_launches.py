@@ -88,3 +88,16 @@ class adaln(torch.nn.Module):
         with V.set_fake_mode(mode):
             FusionPassManager(FusionConfig(devices=("cpu",)), report=FusionReport())(gm.graph)
         self.assertIn("fusion_passes.norm_modulate.default", graph_text(gm))
+
+    def test_a_failing_launch_plan_keeps_the_custom_op(self) -> None:
+        from fusion_passes.kernels import adaln as adaln_kernels
+
+        original = adaln_kernels.kernel_launch
+        adaln_kernels.kernel_launch = lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("planted"))
+        try:
+            chunk = ((2, 1, 3072), (9216, 9216, 1), BF16)
+            text, plans = rewritten_for_cuda(adaln, ((2, 4096, 3072), BF16), chunk, chunk)
+        finally:
+            adaln_kernels.kernel_launch = original
+        self.assertEqual(plans, [])
+        self.assertIn("torch.ops.fusion_passes.norm_modulate.default", text)
