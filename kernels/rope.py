@@ -240,9 +240,14 @@ def _coefficients(table: torch.Tensor, table_map: tuple[int, ...], half: int, wo
 
 
 def reference(call: Rope) -> torch.Tensor:
-    """Pure-torch output with fp32 math (fp64 for fp64 streams) and the graph's roundings of the
-    normalized value."""
-    work = torch.float64 if any(stream.x.dtype == torch.float64 for stream in call.streams) else torch.float32
+    """Pure-torch output with fp32 math (fp64 for fp64 streams, results or tables) and the graph's
+    roundings of the normalized value."""
+    # fp64 wherever the graph computes in it: fp64 streams, an fp64 result, fp64 or complex128 tables.
+    wide = {torch.float64, torch.complex128}
+    tables = [table for stream in call.streams for table in (stream.cos, stream.sin) if table is not None]
+    work = torch.float64 if any(t.dtype in wide for t in [*(s.x for s in call.streams), *tables]) or (
+        call.out_dtype == torch.float64
+    ) else torch.float32
     half = call.rotary_dim // 2
     pairs = torch.arange(half, device=call.streams[0].x.device)
     first = 2 * pairs if call.interleaved else pairs

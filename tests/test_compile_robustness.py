@@ -216,3 +216,17 @@ def test_a_failing_family_leaves_the_chain_to_inductor(stage: str) -> None:
         for miss in result.report.near_misses
     ), result.report.near_misses
     assert relative_error(result.output, fn(*args)) < TOLERANCE
+
+
+def test_complex128_rope_with_an_fp64_result_computes_in_fp64() -> None:
+    # Computed in fp32 before (relative error ~4e-8 where eager is exact).
+    def rope(x, freqs):
+        rotated = torch.view_as_complex(x.double().reshape(*x.shape[:-1], -1, 2)) * freqs
+        return torch.view_as_real(rotated).flatten(3)
+
+    x = randn(1, 6, 2, 16)
+    freqs = torch.polar(torch.ones(6, 1, 8, dtype=torch.float64), torch.randn(6, 1, 8, dtype=torch.float64))
+    result = capture(rope, x, freqs)
+    assert result.report.counts() == {"rope": 1}
+    assert result.output.dtype == torch.float64
+    assert relative_error(result.output, rope(x, freqs)) < 1e-13
