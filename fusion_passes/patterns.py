@@ -326,6 +326,35 @@ class OptionalCast(PatternExpr):
         return f"OptionalCast({self.child!r})"
 
 
+class OptionalClone(PatternExpr):
+    """``child``, or a clone of it (``F.rms_norm`` of a non-contiguous x clones its output to
+    contiguous memory); the clone is part of the match."""
+
+    def __init__(self, child: PatternExpr) -> None:
+        super().__init__()
+        self.child = child
+
+    def _match(self, node: torch.fx.Node, ctx: MatchContext) -> MatchResult:
+        before = dict(ctx.pattern_to_node)
+        if isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target is aten.clone.default:
+            child_match = ctx.match(self.child, node.args[0])
+            if is_match(child_match):
+                return _wrapped(self, ctx, child_match, node)
+            ctx.pattern_to_node = before
+        return _wrapped(self, ctx, ctx.match(self.child, node))
+
+    def find_anchor_nodes(self, ctx: MatchContext, searched: Any) -> Iterator[torch.fx.Node | None]:
+        """Where the child could match, and the clones of those nodes (a second output of a
+        multi-output pattern is found from the nodes the first one matched)."""
+        for node in self.child.find_anchor_nodes(ctx, searched):
+            yield node
+            if isinstance(node, torch.fx.Node):
+                yield from (user for user in node.users if user.target is aten.clone.default)
+
+    def __repr__(self) -> str:
+        return f"OptionalClone({self.child!r})"
+
+
 class DistinctFrom(PatternExpr):
     """``child`` at a node other than the one ``other`` matched: the second of two outputs that
     have the same shape (two modulations of one norm) must not bind the first one's node again."""
@@ -360,7 +389,8 @@ def substitute(pattern: PatternExpr, replacements: Mapping[str, PatternExpr]) ->
 def generalize(pattern: PatternExpr, scalars: Sequence[str] = ("eps",)) -> PatternExpr:
     """Widen an exact traced pattern to the spellings that compute the same thing for fp32 math.
 
-    - ``add``/``mul`` of two tensors match in either operand order;
+    - ``add``/``mul`` of two tensors match in either operand order; a computed operand of them, or
+      of a downcast, also behind a clone;
     - an eps add matches ``add.Tensor`` (hand-written norms) and ``add.Scalar`` (``F.rms_norm``);
     - an upcast to float32 may be absent (fp32 graphs), and every input may sit behind upcasts
       and clones (``Transparent``, at each use separately);
@@ -380,9 +410,10 @@ def generalize(pattern: PatternExpr, scalars: Sequence[str] = ("eps",)) -> Patte
         if expr.fns == [_CONVERT]:
             if args[1] == torch.float32:
                 return args[0] if isinstance(args[0], Transparent) else Transparent(args[0])
-            return StrictCall(_CONVERT, args[0], Ignored(), _users=expr.users)
+            return StrictCall(_CONVERT, _maybe_cloned(args[0]), Ignored(), _users=expr.users)
         if len(expr.fns) == 1 and expr.fns[0] in _COMMUTATIVE and len(args) == 2 and not expr.kwargs:
             if all(isinstance(arg, PatternExpr) and arg.__class__ is not KeywordArg for arg in args):
+                args = [_maybe_cloned(arg) for arg in args]
                 return Commutative(expr.fns, *args, _users=expr.users)
             if expr.fns[0] is aten.add.Tensor:
                 return StrictCall(_ADD_SCALAR_FORMS, *args, _users=expr.users)
@@ -392,6 +423,12 @@ def generalize(pattern: PatternExpr, scalars: Sequence[str] = ("eps",)) -> Patte
         return StrictCall(expr.fns, *args, _users=expr.users, **kwargs)
 
     return _rebuild(pattern, widen)
+
+
+def _maybe_cloned(arg: Any) -> Any:
+    # A computed operand used once may sit behind a clone (the same value); one with several users
+    # (a norm shared by two modulations) is matched as it is.
+    return OptionalClone(arg) if isinstance(arg, CallFunction) and arg.users == 1 else arg
 
 
 def _rebuild(pattern: Any, rewrite: Callable[[PatternExpr, Callable[[Any], Any]], PatternExpr | None]) -> Any:
@@ -429,6 +466,8 @@ def _copy(expr: PatternExpr, rebuilt: Callable[[Any], Any]) -> PatternExpr:
         return Transparent(rebuilt(expr.child))
     if isinstance(expr, OptionalCast):
         return OptionalCast(rebuilt(expr.child))
+    if isinstance(expr, OptionalClone):
+        return OptionalClone(rebuilt(expr.child))
     return expr
 
 

@@ -1060,3 +1060,17 @@ def test_data_dependent_sizes_do_not_fuse():
     with torch._subclasses.fake_tensor.FakeTensorMode(shape_env=shape_env):
         x = torch.empty(shape_env.create_unbacked_symint(), 8, 16)
     assert "data-dependent" in adaln_family._check(fake_chain(x))
+
+
+def rms_norm_of_a_transposed_x(x, weight, scale, shift):
+    """F.rms_norm on a non-contiguous x: the decomposition clones its output to contiguous memory."""
+    x = x.transpose(1, 2)
+    return F.rms_norm(x, x.shape[-1:], weight, 1e-6) * (1 + scale) + shift
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_rms_norm_of_a_non_contiguous_x_fuses(dtype):
+    args = [randn(2, 16, 8, dtype=dtype), randn(16, dtype=dtype), randn(2, 1, 16, dtype=dtype), randn(2, 1, 16, dtype=dtype)]
+    result = capture(rms_norm_of_a_transposed_x, *args)
+    assert [record.fusion for record in result.report.fused] == ["adaln"], result.report.near_misses
+    assert_matches_fp64(result, rms_norm_of_a_transposed_x, args, dtype)
