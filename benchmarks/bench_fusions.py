@@ -405,6 +405,8 @@ def main() -> None:
         "--f1-shapes", default=None, help="only these F1 shapes, e.g. 1x4096x2048,2x4096x2048 (no F2 cases)"
     )
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_fusions.py needs a CUDA GPU")
     torch.manual_seed(0)
     # Every compile runs the passes (an FX-graph-cache hit would skip them and hide what fired).
     torch._inductor.config.force_disable_caches = True

@@ -15,7 +15,6 @@ import argparse
 import datetime
 import json
 import os
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -162,7 +161,7 @@ def main() -> None:
     parser.add_argument("--tokens", default="512,4096", help="token counts, comma-separated")
     options = parser.parse_args()
     if not torch.cuda.is_available():
-        sys.exit("bench_host.py needs a CUDA GPU")
+        raise SystemExit("bench_host.py needs a CUDA GPU")
     torch._inductor.config.force_disable_caches = True
     rows = []
     cases = {name: case for tokens in options.tokens.split(",") for name, case in chains(int(tokens)).items()}

@@ -257,6 +257,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="directory for rope.json")
     parser.add_argument("--sweep", action="store_true", help="also sweep the kernel's launch configs")
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_rope.py needs a CUDA GPU")
     torch.manual_seed(0)
     torch._inductor.config.force_disable_caches = True
     dtype = torch.bfloat16
