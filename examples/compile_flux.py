@@ -41,7 +41,7 @@ def build(size: str, dtype: torch.dtype, device: str, layers: int | None, single
     from diffusers import FluxTransformer2DModel
 
     config, side, text_tokens = SIZES[size]
-    config = dict(config, num_layers=layers or config["num_layers"],
+    config = dict(config, num_layers=layers if layers is not None else config["num_layers"],
                   num_single_layers=single_layers if single_layers is not None else config["num_single_layers"])
     torch.manual_seed(0)
     with torch.device(device):
