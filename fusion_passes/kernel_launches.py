@@ -55,12 +55,16 @@ def launch_fused_ops(graph: torch.fx.Graph) -> int:
     if not inductor_launches_kernels():
         return 0
     by_op = emitters()
+    # Kernel nodes already in the graph (a user's own Triton kernels) keep their layout constraint.
+    users_kernels = set(graph.find_nodes(op="call_function", target=_FUNCTIONAL_KERNEL))
     count = 0
     for node in list(graph.nodes):
         emitter = by_op.get(node.target) if node.op == "call_function" else None
         if emitter is not None and any(_on_cuda(arg) for arg in node.all_input_nodes):
             count += _replace_by_launch(node, emitter)
-    pin_operand_strides(graph)
+    for node in graph.find_nodes(op="call_function", target=_FUNCTIONAL_KERNEL):
+        if node not in users_kernels:
+            pin_operand_strides(node)
     return count
 
 
@@ -73,16 +77,14 @@ def inductor_launches_kernels() -> bool:
     return exact_strides_for_triton_kernels()
 
 
-def pin_operand_strides(graph: torch.fx.Graph) -> None:
-    """Give every functional Triton-kernel node its operands' fake values, so that Inductor passes
-    them at exactly the strides the launch was planned for."""
-    hop = torch.ops.higher_order.triton_kernel_wrapper_functional
-    for node in graph.find_nodes(op="call_function", target=hop):
-        if "eager_input_vals" in node.meta:
-            continue
-        kwargs = dict(node.kwargs)
-        kwargs["kwargs"] = {
-            name: value.meta["val"] if isinstance(value, torch.fx.Node) else value
-            for name, value in kwargs["kwargs"].items()
-        }
-        node.meta["eager_input_vals"] = ((), kwargs)
+_FUNCTIONAL_KERNEL = torch.ops.higher_order.triton_kernel_wrapper_functional
+
+
+def pin_operand_strides(node: torch.fx.Node) -> None:
+    """Give one emitted functional Triton-kernel node its operands' fake values, so that Inductor
+    passes them at exactly the strides the launch was planned for."""
+    kwargs = dict(node.kwargs)
+    kwargs["kwargs"] = {
+        name: value.meta["val"] if isinstance(value, torch.fx.Node) else value for name, value in kwargs["kwargs"].items()
+    }
+    node.meta["eager_input_vals"] = ((), kwargs)
