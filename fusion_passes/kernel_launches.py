@@ -83,8 +83,9 @@ _FUNCTIONAL_KERNEL = torch.ops.higher_order.triton_kernel_wrapper_functional
 def pin_operand_strides(node: torch.fx.Node) -> None:
     """Give one emitted functional Triton-kernel node its operands' fake values, so that Inductor
     passes them at exactly the strides the launch was planned for."""
-    kwargs = dict(node.kwargs)
-    kwargs["kwargs"] = {
-        name: value.meta["val"] if isinstance(value, torch.fx.Node) else value for name, value in kwargs["kwargs"].items()
-    }
-    node.meta["eager_input_vals"] = ((), kwargs)
+    # Tracing usually records them already; they must keep the node's argument containers
+    # (immutable dicts): torch 2.11's decomposition maps them against the node's arguments.
+    if "eager_input_vals" not in node.meta:
+        node.meta["eager_input_vals"] = torch.fx.node.map_aggregate(
+            ((), node.kwargs), lambda value: value.meta["val"] if isinstance(value, torch.fx.Node) else value
+        )

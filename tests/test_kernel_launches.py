@@ -18,6 +18,7 @@ from expecttest import TestCase
 from test_rope_rules import joint_normed_rope
 from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
 from torch._inductor.virtualized import V
+from torch.utils import _pytree as pytree
 
 from fusion_passes import FusionConfig, FusionPassManager, FusionReport
 from fusion_passes.graph_utils import graph_text
@@ -80,6 +81,23 @@ class adaln(torch.nn.Module):
         self.assertEqual(launches, [("text_1", "empty_memory_format"), ("image_1", "getitem_2")])
         self.assertEqual([plan["out_start"] for plan in plans], [0, 512 * 24 * 128])
         self.assertNotIn("torch.ops.fusion_passes", text)
+
+    def test_operands_are_pinned_in_the_node_argument_containers(self) -> None:
+        # Inductor (torch 2.11's decomposition) maps the pinned values against the node's own
+        # arguments: the containers must be the same (immutable dicts), not plain dicts.
+        mode = torch._subclasses.fake_tensor.FakeTensorMode()
+        with mode:
+            args = [torch.empty(2, 4096, 3072, dtype=BF16, device="cuda"), torch.empty(2, 1, 3072, dtype=BF16, device="cuda"),
+                    torch.empty(2, 1, 3072, dtype=BF16, device="cuda")]
+            gm = trace_post_grad(adaln, args)
+        with V.set_fake_mode(mode):
+            FusionPassManager(FusionConfig(devices=("cuda",)), report=FusionReport())(gm.graph)
+        (node,) = gm.graph.find_nodes(op="call_function", target=torch.ops.higher_order.triton_kernel_wrapper_functional)
+        pinned_args, pinned_kwargs = node.meta["eager_input_vals"]
+        self.assertEqual(pinned_args, ())
+        self.assertEqual(pytree.tree_structure(pinned_kwargs), pytree.tree_structure(node.kwargs))
+        pinned, planned = pinned_kwargs["kwargs"]["scale_ptr"], node.kwargs["kwargs"]["scale_ptr"].meta["val"]
+        self.assertEqual((pinned.shape, pinned.stride()), (planned.shape, planned.stride()))
 
     def test_cpu_graphs_keep_the_custom_op(self) -> None:
         mode = torch._subclasses.fake_tensor.FakeTensorMode()
