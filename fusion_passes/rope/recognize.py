@@ -52,11 +52,6 @@ class Rotation:
     interleaved: bool
     spelling: str
 
-    @property
-    def out_dtype(self) -> torch.dtype:
-        """The dtype the chain's output has."""
-        return value_of(self.output).dtype
-
 
 # --- From column terms to a rotation -------------------------------------------------------------
 
