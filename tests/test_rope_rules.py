@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from fusion_passes import FusionConfig, GraphReport
-from fusion_passes import rope as rope_family
+from fusion_passes.rope import family as rope_family
 from fusion_passes.patterns import trace_post_grad
 
 
