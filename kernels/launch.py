@@ -10,8 +10,12 @@ C++ wrapper apply). Only tensors and symbolic sizes remain arguments at run time
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
+import inspect
+import linecache
+import textwrap
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -40,8 +44,11 @@ class KernelLaunch:
         options = tuple((name, arguments.pop(name)) for name in _COMPILE_OPTIONS if name in arguments)
         runtime = {name: value for name, value in arguments.items() if _is_runtime(value)}
         constants = {name: value for name, value in arguments.items() if name not in runtime}
+        # Every constant becomes a constexpr of the kernel Inductor compiles: the wrapper then
+        # passes only tensors and symbolic sizes (each launch argument costs host time per call).
+        kernel = with_constexprs(self.kernel, frozenset(name for name, value in constants.items() if isinstance(value, int)))
         return triton_kernel_wrapper_functional(
-            kernel_idx=kernel_side_table.add_kernel(_configured(self.kernel, options)),
+            kernel_idx=kernel_side_table.add_kernel(_configured(kernel, options)),
             constant_args_idx=kernel_side_table.add_constant_args(constants),
             # Inductor's launcher takes three grid dims.
             grid=[tuple(self.grid) + (1,) * (3 - len(self.grid))],
@@ -63,6 +70,35 @@ def _configured(kernel: Any, options: tuple[tuple[str, int], ...]) -> Any:
     import triton
 
     return triton.autotune(configs=[triton.Config({}, **dict(options))], key=[])(kernel)
+
+
+@functools.cache
+def with_constexprs(kernel: Any, names: frozenset[str]) -> Any:
+    """``kernel`` (a ``triton.jit`` function) with the parameters ``names`` declared ``tl.constexpr``.
+
+    The same source, respelled: its compiled code is specialized to those values, and a launcher
+    no longer passes them. Inductor compiles a user kernel from its source text, so the new
+    signature must be in the text.
+    """
+    tree = ast.parse(textwrap.dedent(inspect.getsource(kernel.fn)))
+    function = tree.body[0]
+    assert isinstance(function, ast.FunctionDef), kernel
+    changed = [arg for arg in function.args.args if arg.arg in names and arg.annotation is None]
+    if not changed:
+        return kernel
+    for arg in changed:
+        arg.annotation = ast.parse("tl.constexpr", mode="eval").body
+    function.decorator_list = []
+    source = ast.unparse(tree) + "\n"
+    # Triton reads a kernel's source with inspect, which finds generated text through linecache.
+    # (The name stays: Inductor tells user kernels apart by function object, not name.)
+    filename = f"<fusion_passes: {function.name} with constexprs {sorted(names)}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    namespace: dict[str, Any] = {}
+    exec(compile(source, filename, "exec"), kernel.fn.__globals__, namespace)  # noqa: S102  (our own kernel's source)
+    import triton
+
+    return triton.jit(namespace[function.name])
 
 
 def _is_runtime(value: Any) -> bool:
