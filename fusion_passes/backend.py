@@ -18,6 +18,17 @@ from fusion_passes.report import GLOBAL_REPORT, GraphReport
 HOOK = "post_grad_custom_post_pass"
 
 
+def launch_patches() -> dict[str, Any]:
+    """Inductor settings under which it launches our kernels at the cost of its own.
+
+    Inductor's C++ launcher (Triton's own is Python and slower per call) takes user-defined
+    kernels only when asked to; where it cannot take one it falls back to Triton's launcher. The
+    setting covers the compiled graph's other user-defined kernels too.
+    """
+    name = "static_launch_user_defined_triton_kernels"
+    return {name: True} if hasattr(inductor_config, name) else {}
+
+
 def fusion_passes_backend(
     gm: torch.fx.GraphModule,
     example_inputs: list[Any],
@@ -31,7 +42,7 @@ def fusion_passes_backend(
     inductor_options = dict(options or {})
     config = FusionConfig.from_value(inductor_options.pop(OPTIONS_KEY, None))
     # Inductor's own wrapper validates option names and expands mode= into config patches.
-    patches = dict(torch._TorchCompileInductorWrapper(mode, inductor_options, dynamic=None).config)
+    patches = {**launch_patches(), **torch._TorchCompileInductorWrapper(mode, inductor_options, dynamic=None).config}
     patches[HOOK] = FusionPassManager(config, chained=patches.get(HOOK, getattr(inductor_config, HOOK)))
     if not patches.get("use_post_grad_passes", getattr(inductor_config, "use_post_grad_passes", True)):
         warnings.warn(
@@ -52,12 +63,12 @@ def fusion_passes_backend(
 def inductor_options(config: FusionConfig | Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Options for the stock backend: ``torch.compile(m, options=fusion_passes.inductor_options())``."""
     manager = FusionPassManager(FusionConfig.from_value(config), chained=getattr(inductor_config, HOOK))
-    return {HOOK: manager}
+    return {**launch_patches(), HOOK: manager}
 
 
 @contextlib.contextmanager
 def enabled(config: FusionConfig | Mapping[str, Any] | None = None) -> Iterator[FusionPassManager]:
     """Install the passes in Inductor's global config for graphs compiled inside the ``with``."""
     manager = FusionPassManager(FusionConfig.from_value(config), chained=getattr(inductor_config, HOOK))
-    with inductor_config.patch({HOOK: manager}):
+    with inductor_config.patch({**launch_patches(), HOOK: manager}):
         yield manager
