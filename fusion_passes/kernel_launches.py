@@ -8,6 +8,7 @@ planned once, now, from the graph's fake tensors: Inductor then launches it like
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
@@ -61,11 +62,64 @@ def launch_fused_ops(graph: torch.fx.Graph) -> int:
     for node in list(graph.nodes):
         emitter = by_op.get(node.target) if node.op == "call_function" else None
         if emitter is not None and any(_on_cuda(arg) for arg in node.all_input_nodes):
+            read_small_views_in_place(node)
             count += _replace_by_launch(node, emitter)
     for node in graph.find_nodes(op="call_function", target=_FUNCTIONAL_KERNEL):
         if node not in users_kernels:
             pin_operand_strides(node)
     return count
+
+
+aten = torch.ops.aten
+# Ops whose output views their first argument's storage; and those whose outputs (taken by
+# getitem) do.
+_VIEWS = {
+    aten.slice.Tensor, aten.select.int, aten.view.default, aten.unsqueeze.default, aten.squeeze.dim,
+    aten.squeeze.dims, aten.expand.default, aten.permute.default, aten.t.default, aten.transpose.int, aten.alias.default,
+}
+_SPLITS = {aten.split.Tensor, aten.split_with_sizes.default, aten.unbind.int}
+# A computed tensor up to this size is stored whole so that the launch reads its views in place.
+SMALL_VIEWED_ELEMENTS = 1 << 20
+
+
+def _viewed_node(node: torch.fx.Node) -> torch.fx.Node | None:
+    # The node whose storage ``node`` views through view ops only; None if it is no view.
+    current = node
+    while current.op == "call_function":
+        if current.target in _VIEWS:
+            current = current.args[0]
+        elif current.target is operator.getitem and getattr(current.args[0], "target", None) in _SPLITS:
+            current = current.args[0].args[0]
+        else:
+            break
+    return current if current is not node else None
+
+
+def read_small_views_in_place(node: torch.fx.Node) -> None:
+    """Let a fused op read views of a small computed tensor (modulation chunks of ``(table + temb).chunk(6)``)
+    from that tensor, stored once.
+
+    The launch needs each operand at exact strides; given a view of an unstored computation,
+    Inductor stores each view separately, one extra kernel launch each. An ``as_strided`` of the
+    computed tensor makes Inductor store it whole and pass the views in place.
+    """
+    graph = node.graph
+    for operand in node.all_input_nodes:
+        base = _viewed_node(operand)
+        value, base_value = operand.meta.get("val"), getattr(base, "meta", {}).get("val")
+        if base is None or base.op != "call_function" or not isinstance(base_value, torch.Tensor):
+            continue
+        geometry = (*value.shape, *value.stride(), value.storage_offset(), *base_value.shape)
+        if not all(isinstance(size, int) for size in geometry) or base_value.dtype != value.dtype:
+            continue
+        if base_value.storage_offset() != 0 or not base_value.is_contiguous() or base_value.numel() > SMALL_VIEWED_ELEMENTS:
+            continue
+        with graph.inserting_before(node):
+            view = graph.call_function(
+                aten.as_strided.default, (base, tuple(value.shape), tuple(value.stride()), value.storage_offset())
+            )
+        view.meta["val"] = value
+        node.replace_input_with(operand, view)
 
 
 def inductor_launches_kernels() -> bool:

@@ -8,6 +8,7 @@ and a cache hit are tested in test_cuda.py.)
 
 from __future__ import annotations
 
+import inspect
 import re
 import unittest
 from collections.abc import Callable
@@ -72,6 +73,22 @@ class adaln(torch.nn.Module):
              "BLOCK_HIDDEN": 4096},
         )
 
+    @unittest.skipIf(torch.cuda.is_available(), "pins the fake-CUDA trace of the CPU machines")
+    def test_chunks_of_a_small_computed_modulation_are_read_in_place(self) -> None:
+        # Wan's (table + temb).chunk(6): given the chunks, Inductor would store each in its own
+        # buffer (a kernel launch each); as views of the stored sum they are passed in place.
+        def modulated_by_computed_chunks(x, table, temb):
+            shift, scale = (table + temb.float()).chunk(2, dim=1)
+            return (F.layer_norm(x.float(), x.shape[-1:], eps=1e-6) * (1 + scale) + shift).type_as(x)
+
+        text, _ = rewritten_for_cuda(modulated_by_computed_chunks, ((1, 4096, 3072), BF16), ((1, 2, 3072), FP32),
+                                     ((1, 2, 3072), BF16))
+        views = re.findall(r"(as_strided_default(?:_\d)?): .* = torch.ops.aten.as_strided.default\((\w+), (.*)\)", text)
+        self.assertEqual(views, [("as_strided_default", "add", "(1, 1, 3072), (6144, 3072, 1), 3072"),
+                                 ("as_strided_default_1", "add", "(1, 1, 3072), (6144, 3072, 1), 0")])
+        self.assertIn("'scale_ptr': as_strided_default, ", text)
+        self.assertIn("'shift_ptr': as_strided_default_1, ", text)
+
     def test_joint_rope_streams_write_one_output_in_turn(self) -> None:
         shapes = [((1, 512, 24, 128), BF16), ((1, 4096, 24, 128), BF16), ((128,), BF16), ((128,), BF16),
                   ((1, 4608, 1, 128), FP32), ((1, 4608, 1, 128), FP32)]
@@ -81,6 +98,29 @@ class adaln(torch.nn.Module):
         self.assertEqual(launches, [("text_1", "empty_memory_format"), ("image_1", "getitem_2")])
         self.assertEqual([plan["out_start"] for plan in plans], [0, 512 * 24 * 128])
         self.assertNotIn("torch.ops.fusion_passes", text)
+
+    def test_launch_constants_are_constexprs_of_the_kernel_inductor_compiles(self) -> None:
+        # Inductor's wrapper then passes only the tensors: each launch argument costs host time.
+        from fusion_passes.kernels import adaln as adaln_kernels
+        from fusion_passes.kernels.launch import with_constexprs
+
+        names = frozenset({"x_s0", "hidden"})
+        specialized = with_constexprs(adaln_kernels._norm_modulate_kernel, names)
+        self.assertIs(with_constexprs(adaln_kernels._norm_modulate_kernel, names), specialized)
+        self.assertEqual(specialized.__name__, "_norm_modulate_kernel")
+        source = inspect.getsource(specialized.fn)
+        self.assertIn("hidden: tl.constexpr, x_s0: tl.constexpr, x_s1, ", source)
+
+    def test_every_route_asks_inductor_for_its_own_launcher(self) -> None:
+        import fusion_passes
+        from torch._inductor import config as inductor_config
+
+        name = "static_launch_user_defined_triton_kernels"
+        if not hasattr(inductor_config, name):
+            self.skipTest(f"this torch has no {name}")
+        self.assertIs(fusion_passes.inductor_options()[name], True)
+        with fusion_passes.enabled():
+            self.assertIs(getattr(inductor_config, name), True)
 
     def test_operands_are_pinned_in_the_node_argument_containers(self) -> None:
         # Inductor (torch 2.11's decomposition) maps the pinned values against the node's own
