@@ -61,6 +61,17 @@ def check_devices(operands: Sequence[tuple[str, torch.Tensor | None]]) -> None:
         raise ValueError(error)
 
 
+def needs_dispatcher(tensors: Sequence[torch.Tensor | None]) -> bool:
+    """Whether an eager call of a public op must go through its custom op rather than straight to
+    its implementation: while tracing or compiling, under a torch-function or dispatch mode, for a
+    tensor subclass, or where autograd would record the call (the op then raises at backward: the
+    fused ops are forward-only). The dispatcher costs about 100 us of host time per call."""
+    if torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack():
+        return True
+    grad = torch.is_grad_enabled()
+    return any(t is not None and (type(t) is not torch.Tensor or (grad and t.requires_grad)) for t in tensors)
+
+
 def kernel_or_reference(
     call: Call,
     device_tensor: torch.Tensor,
@@ -77,5 +88,7 @@ def kernel_or_reference(
     if device_tensor.device.type != "cuda" or unsupported_reason(call) is not None:
         return reference(call)
     # Triton launches on the current device; the operands may live on another one.
+    if device_tensor.device.index == torch.cuda.current_device():
+        return launch(call)
     with torch.cuda.device(device_tensor.device):
         return launch(call)

@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fusion_passes.kernels.common import SUPPORTED_DTYPES, check_devices, device_error, kernel_or_reference
+from fusion_passes.kernels.common import SUPPORTED_DTYPES, check_devices, device_error, kernel_or_reference, needs_dispatcher
 from fusion_passes.kernels.launch import KernelLaunch, NotEmittable, register_emitter, size_hint
 
 ACTIVATIONS = ("none", "silu")
@@ -556,6 +556,8 @@ def causal_conv1d_varlen(
         if error is not None:
             raise ValueError(error)
         validate_offsets(cu_seqlens, x.shape[-1], max_seqlen)
-    return causal_conv1d_varlen_op(
-        x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation or "none", max_seqlen
-    )
+    arguments = (x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation or "none", max_seqlen)
+    if needs_dispatcher(arguments[:6]):
+        return causal_conv1d_varlen_op(*arguments)
+    # A serving loop calls this eagerly: straight to the implementation the op would run.
+    return _run(_packed_call(*arguments))

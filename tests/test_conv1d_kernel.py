@@ -608,6 +608,32 @@ def test_public_varlen_activation_defaults_to_silu_and_none_is_none() -> None:
                                                                  activation="none"))[0], 1e-5)
 
 
+def test_public_varlen_skips_the_dispatcher_only_for_plain_eager_calls() -> None:
+    """A plain eager call runs the implementation directly (the dispatcher costs ~100 us of host
+    time); a call autograd would record, or one under a dispatch mode, goes through the custom op."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Recording(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    c = varlen_call(width=3)
+    with mock.patch.object(conv1d, "causal_conv1d_varlen_op", wraps=conv1d.causal_conv1d_varlen_op) as op:
+        direct = conv1d.causal_conv1d_varlen(c.x, c.weight, c.cu_seqlens, bias=c.bias)
+        assert not op.called
+        weight = c.weight.detach().requires_grad_(True)
+        recorded = conv1d.causal_conv1d_varlen(c.x, weight, c.cu_seqlens, bias=c.bias)
+        assert op.call_count == 1
+        ops: list[str] = []
+        with Recording():
+            conv1d.causal_conv1d_varlen(c.x, c.weight, c.cu_seqlens, bias=c.bias)
+        assert op.call_count == 2 and "fusion_passes.causal_conv1d_varlen.default" in ops
+    assert torch.equal(direct[0], recorded[0].detach())
+    with pytest.raises(ValueError, match=r"bias: expected shape"):
+        conv1d.causal_conv1d_varlen(c.x, c.weight, c.cu_seqlens, bias=c.bias[:-1])
+
+
 @pytest.mark.parametrize("form", ["dense", "packed"])
 def test_ops_run_the_kernel_on_cuda_only(form: str) -> None:
     """The custom ops launch the kernel for CUDA operands and run the reference elsewhere; both compute the call."""
