@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 import fusion_passes
-from fusion_passes.timing import back_to_back_ms, cuda_graph_ms, host_ms
+from timing import back_to_back_ms, cuda_graph_ms, host_ms
 
 
 def flux(pixels: int = 1024) -> tuple[torch.nn.Module, dict[str, Any]]:

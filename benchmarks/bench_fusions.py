@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 import fusion_passes
-from fusion_passes.timing import cuda_graph_ms
+from timing import cuda_graph_ms
 from fusion_passes.kernels import adaln as adaln_kernels
 
 INPUT_SETS = 4

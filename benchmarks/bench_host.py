@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 import fusion_passes
 from fusion_passes import kernel_launches
-from fusion_passes.timing import back_to_back_ms, cuda_graph_ms, host_ms
+from timing import back_to_back_ms, cuda_graph_ms, host_ms
 
 BF16 = torch.bfloat16
 

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
 import fusion_passes
-from fusion_passes.timing import cuda_graph_ms
+
+# The GPU timing helpers live with the benchmarks (they are not part of the installed package).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from timing import cuda_graph_ms  # noqa: E402
 
 SIZES = {
     # name: (transformer config, image side in tokens (2x2-packed latents), text tokens)
