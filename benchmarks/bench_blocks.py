@@ -23,12 +23,12 @@ import fusion_passes
 from timing import back_to_back_ms, cuda_graph_ms, host_ms
 
 
-def flux(pixels: int = 1024) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """FLUX.1 at ``pixels`` square: C=3072, 24 heads x 128, (pixels/16)^2 image + 512 text tokens."""
+def flux(pixels: int = 1024, num_layers: int = 1, num_single_layers: int = 1) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """FLUX.1 at ``pixels`` square: C=3072, 24 heads x 128, (pixels/16)^2 image + 512 text tokens (full depth: 19 + 38 blocks)."""
     from diffusers import FluxTransformer2DModel
 
     model = FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=128,
+        patch_size=1, in_channels=64, num_layers=num_layers, num_single_layers=num_single_layers, attention_head_dim=128,
         num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
         axes_dims_rope=(16, 56, 56),
     )
@@ -41,12 +41,12 @@ def flux(pixels: int = 1024) -> tuple[torch.nn.Module, dict[str, Any]]:
     return model, inputs
 
 
-def qwen_image(pixels: int = 1024, edit: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Qwen-Image at ``pixels`` square ((pixels/16)^2 latent patches), C=3072; ``edit``: a reference image too."""
+def qwen_image(pixels: int = 1024, edit: bool = False, num_layers: int = 1) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Qwen-Image at ``pixels`` square ((pixels/16)^2 latent patches), C=3072 (full depth: 60 blocks); ``edit``: a reference image too."""
     from diffusers import QwenImageTransformer2DModel
 
     model = QwenImageTransformer2DModel(
-        patch_size=2, in_channels=64, out_channels=16, num_layers=1, attention_head_dim=128, num_attention_heads=24,
+        patch_size=2, in_channels=64, out_channels=16, num_layers=num_layers, attention_head_dim=128, num_attention_heads=24,
         joint_attention_dim=3584, axes_dims_rope=(16, 56, 56), zero_cond_t=edit,
     )
     side = pixels // 16
@@ -60,15 +60,15 @@ def qwen_image(pixels: int = 1024, edit: bool = False) -> tuple[torch.nn.Module,
     return model, inputs
 
 
-def wan(video: str = "81x480x832") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Wan 2.1 1.3B on a ``frames x height x width`` video: C=1536, 12 heads x 128 (81x480x832: 32760 tokens)."""
+def wan(video: str = "81x480x832", num_layers: int = 1) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Wan 2.1 1.3B on a ``frames x height x width`` video: C=1536, 12 heads x 128 (81x480x832: 32760 tokens; full depth: 30 blocks)."""
     from diffusers import WanTransformer3DModel
 
     frames, height, width = (int(size) for size in video.split("x"))
 
     model = WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
-        text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=1, cross_attn_norm=True,
+        text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=num_layers, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
     )
     inputs = dict(
