@@ -529,6 +529,19 @@ def validate_offsets(cu_seqlens: torch.Tensor, total_tokens: int, max_seqlen: in
         raise ValueError(f"cu_seqlens: the last offset {offsets[-1]} overruns x's {total_tokens} tokens")
 
 
+def assert_offsets_async(cu_seqlens: torch.Tensor, total_tokens: int, max_seqlen: int | None) -> None:
+    """``validate_offsets``'s checks as asserts on the device, for compiled graphs: no host
+    synchronization; a failing check stops the program at run time with the message (on CUDA, as a
+    device-side assert)."""
+    offsets = cu_seqlens.to(torch.int64)
+    lengths = offsets[1:] - offsets[:-1]
+    torch._assert_async(offsets[0] >= 0, "cu_seqlens: expected offsets >= 0")
+    torch._assert_async((lengths >= 0).all(), "cu_seqlens: expected offsets that never decrease")
+    torch._assert_async(offsets[-1] <= total_tokens, f"cu_seqlens: the last offset overruns x's {total_tokens} tokens")
+    if max_seqlen is not None:
+        torch._assert_async((lengths <= max_seqlen).all(), f"cu_seqlens: a sequence is longer than max_seqlen {max_seqlen}")
+
+
 def causal_conv1d_varlen(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -545,7 +558,8 @@ def causal_conv1d_varlen(
     Forward only (no autograd). ``x`` is ``[C, total_tokens]`` (pass token-major ``[total_tokens, C]``
     memory as ``x_tc.t()``);
     ``out`` has x's layout. ``max_seqlen`` (the longest sequence, if the caller knows it) sizes the
-    grid; ``validate=True`` checks the offsets on the host first (off by default: it synchronizes).
+    grid; ``validate=True`` checks the offsets on the host first (off by default: it synchronizes;
+    inside a compiled graph the checks are device-side asserts instead).
     """
     if activation not in (None, "silu"):
         raise ValueError(f"activation: expected None or 'silu', got {activation!r}")
@@ -555,7 +569,10 @@ def causal_conv1d_varlen(
         error = argument_error(call)
         if error is not None:
             raise ValueError(error)
-        validate_offsets(cu_seqlens, x.shape[-1], max_seqlen)
+        if torch.compiler.is_compiling():
+            assert_offsets_async(cu_seqlens, x.shape[-1], max_seqlen)
+        else:
+            validate_offsets(cu_seqlens, x.shape[-1], max_seqlen)
     arguments = (x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation or "none", max_seqlen)
     if needs_dispatcher(arguments[:6]):
         return causal_conv1d_varlen_op(*arguments)

@@ -608,6 +608,21 @@ def test_public_varlen_activation_defaults_to_silu_and_none_is_none() -> None:
                                                                  activation="none"))[0], 1e-5)
 
 
+def test_validate_inside_a_compiled_graph_checks_on_the_device() -> None:
+    """validate=True under torch.compile(fullgraph=True): no data-dependent guard error; the checks
+    become device-side asserts naming cu_seqlens."""
+    def convolve(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        return conv1d.causal_conv1d_varlen(x, weight, cu_seqlens, validate=True)[0]
+
+    torch._dynamo.reset()
+    x, weight = torch.randn(8, 20), torch.randn(8, 4)
+    compiled = torch.compile(convolve, fullgraph=True)
+    good = torch.tensor([0, 5, 20], dtype=torch.int32)
+    torch.testing.assert_close(compiled(x, weight, good), convolve(x, weight, good))
+    with pytest.raises(RuntimeError, match="cu_seqlens: expected offsets that never decrease"):
+        compiled(x, weight, torch.tensor([0, 12, 5], dtype=torch.int32))
+
+
 def test_public_varlen_skips_the_dispatcher_only_for_plain_eager_calls() -> None:
     """A plain eager call runs the implementation directly (the dispatcher costs ~100 us of host
     time); a call autograd would record, or one under a dispatch mode, goes through the custom op."""
