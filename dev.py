@@ -3,6 +3,8 @@
 
     python3 dev.py demo [args]   compile FLUX with the fusion_passes backend, print the report and parity
     python3 dev.py test [args]   run the test suite (pytest args pass through)
+    python3 dev.py test-newest [args]   the torch-facing tests on the newest torch and triton from
+                                 the package index (./.venv-newest, upgraded on every run; CI's second leg)
 
 Each command first makes ./.venv and installs the package with its test extras (once; again only
 when pyproject.toml or this file changes).
@@ -45,18 +47,47 @@ def setup() -> None:
     STAMP.write_text(_setup_digest())
 
 
+NEWEST_VENV = ROOT / ".venv-newest"
+# The tests that exercise torch's and Triton's internals (pattern matcher, Inductor hooks, the
+# launch step, the interpreter): what a new torch or triton release breaks first. A slice, so that
+# this leg and the pinned one fit in CI's time together (its install downloads several GB).
+NEWEST_TESTS = ["tests/test_kernel_launches.py", "tests/test_adaln_patterns.py", "tests/test_rope_patterns.py",
+                "tests/test_compile_robustness.py"]
+
+
+def setup_newest() -> Path:
+    """Make .venv-newest with the newest torch and triton on the package index; returns its python."""
+    python = NEWEST_VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    if not python.exists():
+        print(f"dev.py: creating {NEWEST_VENV}", flush=True)
+        venv.create(NEWEST_VENV, with_pip=True)
+    # No machine-wide pip settings: a constraint file capping torch would hide the newest release.
+    env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_CONSTRAINT": ""}
+    print("dev.py: installing the newest torch and triton (unpinned) and fusion-passes[test]", flush=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--upgrade",
+                    "torch", "triton", "numpy", "-e", f"{ROOT}[test]"], check=True, env=env)
+    subprocess.run([str(python), "-c", "import torch, triton; print('dev.py: torch', torch.__version__, 'triton', triton.__version__)"],
+                   check=True)
+    return python
+
+
 def main(argv: list[str]) -> int:
-    """Dispatch ``demo`` or ``test``; returns the exit code."""
+    """Dispatch ``demo``, ``test`` or ``test-newest``; returns the exit code."""
     commands = {
         "demo": [str(ROOT / "examples" / "compile_flux.py")],
         "test": ["-m", "pytest", "-q", str(ROOT / "tests")],
     }
-    if not argv or argv[0] not in commands:
+    if argv and argv[0] == "test-newest":
+        python = setup_newest()
+        command = [str(python), "-m", "pytest", "-q", *(argv[1:] or NEWEST_TESTS)]
+        code = subprocess.run(command, cwd=ROOT).returncode
+    elif not argv or argv[0] not in commands:
         print(__doc__, file=sys.stderr)
         return 2
-    setup()
-    code = subprocess.run([str(PYTHON), *commands[argv[0]], *argv[1:]], cwd=ROOT).returncode
-    if argv[0] == "test" and code == 5:
+    else:
+        setup()
+        code = subprocess.run([str(PYTHON), *commands[argv[0]], *argv[1:]], cwd=ROOT).returncode
+    if argv[0].startswith("test") and code == 5:
         print("dev.py: pytest collected no tests; that is a failure", file=sys.stderr)
     return code
 
