@@ -8,12 +8,11 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
-from torch._dynamo.utils import counters
 from torch._inductor import config as inductor_config
 
 from fusion_passes.config import OPTIONS_KEY, FusionConfig
 from fusion_passes.pass_manager import FusionPassManager
-from fusion_passes.report import GLOBAL_REPORT, GraphReport
+from fusion_passes.report import GLOBAL_REPORT, reporting_cache_hits
 
 HOOK = "post_grad_custom_post_pass"
 
@@ -40,13 +39,8 @@ def fusion_passes_backend(
             stacklevel=2,
         )
 
-    graphs_before = len(GLOBAL_REPORT.graphs)
-    hits_before = counters["inductor"]["fxgraph_cache_hit"]
-    compiled = compile_fx(gm, example_inputs, config_patches=patches)
-    if counters["inductor"]["fxgraph_cache_hit"] > hits_before and len(GLOBAL_REPORT.graphs) == graphs_before:
-        compile_id = torch._guards.CompileContext.current_compile_id()
-        GLOBAL_REPORT.add(GraphReport(graph_id=str(compile_id), cache_hit=True))
-    return compiled
+    with reporting_cache_hits(GLOBAL_REPORT):
+        return compile_fx(gm, example_inputs, config_patches=patches)
 
 
 def inductor_options(config: FusionConfig | Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -57,7 +51,8 @@ def inductor_options(config: FusionConfig | Mapping[str, Any] | None = None) -> 
 
 @contextlib.contextmanager
 def enabled(config: FusionConfig | Mapping[str, Any] | None = None) -> Iterator[FusionPassManager]:
-    """Install the passes in Inductor's global config for graphs compiled inside the ``with``."""
+    """Install the passes in Inductor's global config for graphs compiled inside the ``with``
+    (FX-graph-cache hits inside it are reported too)."""
     manager = FusionPassManager(FusionConfig.from_value(config), chained=getattr(inductor_config, HOOK))
-    with inductor_config.patch({HOOK: manager}):
+    with inductor_config.patch({HOOK: manager}), reporting_cache_hits(manager.report):
         yield manager

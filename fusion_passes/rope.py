@@ -41,7 +41,7 @@ from fusion_passes.config import FusionConfig
 from fusion_passes.kernels import rope as rope_kernels
 from fusion_passes.norms import EPS_SENTINEL, NORM_FORMS, TRACE_DTYPE, NormForm, normalized
 from fusion_passes.patterns import RewriteFamily, generalize, hinted, register_family, traced_pattern, with_signature
-from fusion_passes.report import GraphReport, logger
+from fusion_passes.report import GraphReport, describe_value, logger, outside_use_reason
 
 aten = torch.ops.aten
 _CONVERT = torch.ops.prims.convert_element_type.default
@@ -804,12 +804,12 @@ def _absorb_norms(group: Group) -> None:
         return
     tensor_eps = next((norm.eps for norm, _ in found if isinstance(norm.eps, torch.fx.Node)), None)
     if tensor_eps is not None:
-        group.norm_miss = f"the norm's eps is the tensor {tensor_eps.name}, not a number"
+        group.norm_miss = f"the norm's eps is a tensor ({describe_value(tensor_eps)}), not a number"
         return
     inside = group.nodes.union(*({stream.input, stream.value} | stream.skipped for stream in group.streams))
     for norm, _ in found:
         if not data_users(norm.output) <= inside:
-            group.norm_miss = f"the norm's output {norm.output.name} is also used outside the rotation"
+            group.norm_miss = f"the norm's output, {describe_value(norm.output)}, is also used outside the rotation"
             return
     for stream, (norm, view) in zip(group.streams, found):
         stream.norm, stream.view = norm, view
@@ -858,7 +858,7 @@ def _check(group: Group, config: FusionConfig) -> str | None:
     for rotation in group.rotations:
         outside = [node for node in rotation.nodes - {rotation.output} if not data_users(node) <= group.nodes]
         if outside:
-            return f"an intermediate of the rotation ({outside[0].name}) is also used outside it"
+            return outside_use_reason(outside, group.nodes) or "an intermediate of the rotation is also used outside it"
     call = _meta_call(group)
     if isinstance(call, str):
         return call

@@ -254,7 +254,8 @@ def test_fx_graph_cache_hit_still_runs_the_fused_code(tmp_path):
         return done.stdout.strip().splitlines()[-1]
 
     assert run() == "hits=0 fused_op_ran=True fusions=1 cache_hit_graphs=0"
-    assert run() == "hits=1 fused_op_ran=True fusions=0 cache_hit_graphs=1"
+    # A new process served from the cache reports what the first one fused.
+    assert run() == "hits=1 fused_op_ran=True fusions=1 cache_hit_graphs=1"
 
 
 @pytest.mark.parametrize(
