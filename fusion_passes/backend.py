@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -41,6 +41,29 @@ def fusion_passes_backend(
 
     with reporting_cache_hits(GLOBAL_REPORT):
         return compile_fx(gm, example_inputs, config_patches=patches)
+
+
+def backend_with(settings: FusionConfig | Mapping[str, Any] | None = None) -> Callable[..., Any]:
+    """The backend with our ``settings`` bound: ``torch.compile(m, backend=backend_with(settings), mode=...)``."""
+    # torch.compile refuses mode= together with options=, where our settings would otherwise travel.
+    config = FusionConfig.from_value(settings)
+
+    def backend(
+        gm: torch.fx.GraphModule,
+        example_inputs: list[Any],
+        *,
+        mode: str | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> Any:
+        if options is not None and OPTIONS_KEY in options:
+            raise ValueError(
+                f"options[{OPTIONS_KEY!r}]: expected no settings here, got {options[OPTIONS_KEY]!r}; "
+                f"backend_with() already holds {config!r}"
+            )
+        return fusion_passes_backend(gm, example_inputs, mode=mode, options={**(options or {}), OPTIONS_KEY: config})
+
+    backend.__name__ = backend.__qualname__ = "fusion_passes_backend_with"
+    return backend
 
 
 def inductor_options(config: FusionConfig | Mapping[str, Any] | None = None) -> dict[str, Any]:
