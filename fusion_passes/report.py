@@ -159,6 +159,31 @@ def describe_value(value: Any) -> str:
     return f"the result of {_op_name(value)} at {found[-1].short()}: `{found[-1].code.strip()}`"
 
 
+# The fused ops' argument names, which their checks' reasons start with, in the user's terms.
+_ARGUMENT_TERMS = {
+    "out_dtype2": "the second modulation's result dtype",
+    "out_dtype": "the chain's result dtype",
+    "residual_dtype": "the residual sum's dtype",
+    "conv_dtype": "the dtype of the convolution's result before the activation",
+    "scale2": "the second modulation's scale",
+    "shift2": "the second modulation's shift",
+    "select": "the per-row choice (the torch.where condition)",
+}
+_STREAM_TERMS = {"xs": "input", "weights": "norm weight", "cos": "cos table", "sin": "sin table"}
+_ARGUMENT = re.compile(r"\b(?:(?P<name>" + "|".join(_ARGUMENT_TERMS) + r")\b|(?P<stream>" + "|".join(_STREAM_TERMS) + r")\[(?P<index>\d+)\])")
+
+
+def in_user_terms(reason: str) -> str:
+    """``reason`` with the fused ops' argument names (``conv_dtype``, ``xs[0]``) said as the user would."""
+
+    def term(match: re.Match[str]) -> str:
+        if match["name"]:
+            return _ARGUMENT_TERMS[match["name"]]
+        return f"stream {match['index']}'s {_STREAM_TERMS[match['stream']]}"
+
+    return _ARGUMENT.sub(term, reason)
+
+
 def _is_training_forward(graph: torch.fx.Graph) -> bool:
     # AOTAutograd names the inputs of a training forward graph primals_*.
     return any(node.op == "placeholder" and node.name.startswith("primals_") for node in graph.nodes)
@@ -273,7 +298,9 @@ class GraphReport:
     ) -> None:
         """Record that the chain at ``node`` (covering the ``chain`` nodes) was left unfused for ``reason``."""
         names = frozenset(member.name for member in chain) | {node.name}
-        self.near_misses.append(NearMiss(fusion, pattern, node.name, reason=reason, chain=names, **location(node)))
+        self.near_misses.append(
+            NearMiss(fusion, pattern, node.name, reason=in_user_terms(reason), chain=names, **location(node))
+        )
 
     def forget_near_misses_outside(self, graph: torch.fx.Graph) -> None:
         """Drop near misses whose node is no longer in ``graph`` (another pattern fused it)."""

@@ -16,6 +16,7 @@ from torch._dynamo.utils import counters
 from torch._inductor.codecache import FxGraphCache
 
 import fusion_passes
+from fusion_passes.report import in_user_terms
 
 CPU_OPTIONS = {"fusion_passes": {"devices": ("cpu",)}}
 # Python 3.11+ stack traces mark the expression of each node; 3.10 ones name only the line.
@@ -56,6 +57,21 @@ def test_reasons_name_what_the_user_wrote():
     (miss,) = result.report.near_misses
     where = line_of(two_plus_scale, "2 + scale")
     assert miss.reason == f"the norm is multiplied by `2 + scale` at {where}, which is not 1 + scale"
+
+
+@pytest.mark.parametrize(
+    ("reason", "said"),
+    [
+        ("out_dtype torch.float64 is not one of ['torch.float32']", "the chain's result dtype torch.float64 is not one of ['torch.float32']"),
+        ("xs[1] dtype torch.float64 is not one of", "stream 1's input dtype torch.float64 is not one of"),
+        ("cos[0], sin[0]: expected both tables or neither", "stream 0's cos table, stream 0's sin table: expected both tables or neither"),
+        ("select dtype torch.int64 is not torch.bool", "the per-row choice (the torch.where condition) dtype torch.int64 is not torch.bool"),
+        ("x has 5 dims; the kernel takes 2 to 4", "x has 5 dims; the kernel takes 2 to 4"),
+        ("a residual sum with a per-row modulation choice (select01)", "a residual sum with a per-row modulation choice (select01)"),
+    ],
+)
+def test_reasons_say_the_ops_arguments_in_the_users_terms(reason, said):
+    assert in_user_terms(reason) == said
 
 
 def normalized_also_read(x, scale, shift):
