@@ -407,35 +407,39 @@ GLOBAL_REPORT = FusionReport()
 
 # The counters["inductor"] key that carries a graph's records through the FX graph cache.
 _RECORDS_KEY = "fusion_passes records "
-# How often this process's passes counted each records key (a cache hit counts it without a pass).
-_COUNTED_BY_PASSES: collections.Counter[str] = collections.Counter()
+_HITS = "fxgraph_cache_hit"
+# What this process has accounted for: records keys counted by passes or reported as cache hits,
+# and cache hits reported (so a window inside another, enabled() around the backend, reports once).
+_ACCOUNTED: collections.Counter[str] = collections.Counter()
 
 
 def keep_for_cache_hits(graph: GraphReport) -> None:
     """Count ``graph``'s records in ``counters["inductor"]``, which Inductor stores with the cache entry."""
     key = _RECORDS_KEY + graph.records_json()
     counters["inductor"][key] += 1
-    _COUNTED_BY_PASSES[key] += 1
+    _ACCOUNTED[key] += 1
 
 
-def _records_counts() -> collections.Counter[str]:
-    return collections.Counter({key: n for key, n in counters["inductor"].items() if key.startswith(_RECORDS_KEY)})
+def _cache_counts() -> collections.Counter[str]:
+    return collections.Counter(
+        {key: n for key, n in counters["inductor"].items() if key.startswith(_RECORDS_KEY) or key == _HITS}
+    )
 
 
 @contextlib.contextmanager
 def reporting_cache_hits(report: FusionReport) -> Iterator[None]:
     """Add to ``report`` a graph for each FX-graph-cache hit inside the block, with its first compile's records."""
-    before, counted_before = _records_counts(), _COUNTED_BY_PASSES.copy()
-    hits_before = counters["inductor"]["fxgraph_cache_hit"]
+    before, accounted_before = _cache_counts(), _ACCOUNTED.copy()
     yield
-    restored = _records_counts() - before - (_COUNTED_BY_PASSES - counted_before)
-    for key, times in restored.items():
+    new = _cache_counts() - before - (_ACCOUNTED - accounted_before)
+    hits = new.pop(_HITS, 0)
+    for key, times in new.items():
         for _ in range(times):
             report.add(GraphReport.from_records_json(key[len(_RECORDS_KEY):], report.next_graph_id()))
+        _ACCOUNTED[key] += times
     # A torch that does not restore a compile's counters on a hit: say what is not known, and how to see it.
-    for _ in range(counters["inductor"]["fxgraph_cache_hit"] - hits_before - restored.total()):
+    for _ in range(hits - new.total()):
         graph = GraphReport(graph_id=report.next_graph_id(), cache_hit=True, recorded=False)
         report.add(graph)
-        logger.warning(
-            "%s; compile with torch._inductor.config.fx_graph_cache = False to see it", graph.summary()
-        )
+        logger.warning("%s; compile with torch._inductor.config.fx_graph_cache = False to see it", graph.summary())
+    _ACCOUNTED[_HITS] += hits

@@ -16,7 +16,7 @@ from torch._dynamo.utils import counters
 from torch._inductor.codecache import FxGraphCache
 
 import fusion_passes
-from fusion_passes.report import in_user_terms
+from fusion_passes.report import in_user_terms, reporting_cache_hits
 
 CPU_OPTIONS = {"fusion_passes": {"devices": ("cpu",)}}
 # Python 3.11+ stack traces mark the expression of each node; 3.10 ones name only the line.
@@ -169,6 +169,13 @@ def test_a_cache_hit_reports_what_its_compile_fused(route, tmp_path, monkeypatch
     assert second.counts() == first.counts() == {"adaln": 1}
     assert second.fused == first.fused and second.near_misses == first.near_misses
     assert second.summary().splitlines()[0].endswith("(loaded from the FX graph cache): 1 fused, 0 near misses")
+
+
+def test_a_cache_hit_is_reported_once_inside_another_window(tmp_path, monkeypatch):
+    # enabled() around a compile with backend="fusion_passes": both watch for cache hits.
+    with reporting_cache_hits(fusion_passes.report()):
+        compile_twice(lambda: torch.compile(modulated, backend="fusion_passes", options=CPU_OPTIONS), tmp_path, monkeypatch)
+    assert [graph.cache_hit for graph in fusion_passes.report().graphs] == [False, True]
 
 
 def test_a_torch_that_does_not_restore_counters_says_the_fusions_are_unknown(tmp_path, monkeypatch, caplog):
