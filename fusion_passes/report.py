@@ -59,15 +59,13 @@ _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 
 
 def frames(node: torch.fx.Node) -> list[Frame]:
-    """The user-code frames that produced ``node``, outermost first (empty if the graph has none)."""
+    """The user-code frames that produced ``node``, outermost first (torch's own only where there is no other)."""
     found = []
     for match in _FRAME.finditer(node.meta.get("stack_trace") or ""):
-        if match["file"].startswith(_TORCH_DIR):
-            continue
         marks = match["marks"]
         column = len(marks) - len(marks.lstrip()) if marks else None
         found.append(Frame(match["file"], int(match["line"]), match["function"], match["code"], column))
-    return found
+    return [frame for frame in found if not frame.file.startswith(_TORCH_DIR)] or found
 
 
 def source_line(node: torch.fx.Node) -> str | None:
@@ -269,13 +267,14 @@ class NearMiss:
     chain: frozenset[str] = dataclasses.field(default=frozenset(), compare=False, repr=False)
 
 
-def _where(record: FusionRecord | NearMiss) -> str:
-    # "in module at file:line (function): code", and the helper's caller on a line of its own.
-    text = f"in {record.module} " if record.module else ""
-    text += f"at {record.source or record.node}"
-    if record.called_from:
-        text += f"\n      called from {record.called_from}"
-    return text
+def _place(record: FusionRecord | NearMiss) -> str:
+    # "in module at file:line (function): code".
+    return (f"in {record.module} " if record.module else "") + f"at {record.source or record.node}"
+
+
+def _caller(record: FusionRecord | NearMiss) -> str:
+    # The line that called the helper holding the chain, on a line of its own.
+    return f"\n      called from {record.called_from}" if record.called_from else ""
 
 
 @dataclasses.dataclass
@@ -330,8 +329,8 @@ class GraphReport:
             )
         origin = " (loaded from the FX graph cache)" if self.cache_hit else ""
         lines = [f"graph {self.graph_id}{origin}: {len(self.fused)} fused, {len(self.near_misses)} near misses"]
-        lines += [f"  fused {r.fusion} [{r.pattern}] {_where(r)}" for r in self.fused]
-        lines += [f"  not fused {m.fusion} {_where(m)}: {m.reason}" for m in self.near_misses]
+        lines += [f"  fused {r.fusion} [{r.pattern}] {_place(r)}{_caller(r)}" for r in self.fused]
+        lines += [f"  not fused {m.fusion} {_place(m)}: {m.reason}{_caller(m)}" for m in self.near_misses]
         return "\n".join(lines)
 
     def records_json(self) -> str:
