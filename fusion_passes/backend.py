@@ -74,8 +74,7 @@ def inductor_options(config: FusionConfig | Mapping[str, Any] | None = None) -> 
 
 @contextlib.contextmanager
 def enabled(config: FusionConfig | Mapping[str, Any] | None = None) -> Iterator[FusionPassManager]:
-    """Install the passes in Inductor's global config for graphs compiled inside the ``with``
-    (FX-graph-cache hits inside it are reported too)."""
+    """Install the passes in Inductor's global config for graphs compiled (or loaded from its cache) inside the ``with``."""
     manager = FusionPassManager(FusionConfig.from_value(config), chained=getattr(inductor_config, HOOK))
     with inductor_config.patch({HOOK: manager}), reporting_cache_hits(manager.report):
         yield manager
