@@ -54,6 +54,7 @@ from fusion_passes.patterns import (
     traced_pattern,
     with_signature,
 )
+from fusion_passes.report import describe_value
 
 aten = torch.ops.aten
 _CONVERT = torch.ops.prims.convert_element_type.default
@@ -353,7 +354,7 @@ def _plan(chain: MatchedChain) -> Plan | str:
     facts = chain.variant.facts
     nodes = chain.nodes
     if not is_number(nodes["eps"]):
-        return f"eps is the tensor {nodes['eps']}, not a number: the fused op takes eps as a constant"
+        return f"eps is a tensor ({describe_value(nodes['eps'])}), not a number: the fused op takes eps as a constant"
     multiplier = nodes["multiplier"]
     if is_number(multiplier):
         # A norm times a number: fused as a bare multiplier where a tensor modulates it too.
@@ -363,7 +364,7 @@ def _plan(chain: MatchedChain) -> Plan | str:
     elif (split := _split_multiplier(multiplier)) is not None:
         (scale, scale_views), scale_plus_one = split, True
     else:
-        reason = f"the norm is multiplied by {multiplier}, which is not 1 + scale"
+        reason = f"the norm is multiplied by {describe_value(multiplier)}, which is not 1 + scale"
         if sum(size != 1 for size in chain.value("multiplier").shape[:-1]) == 0:
             # The same over all rows: a norm's own weight (an RMSNorm before RoPE), not AdaLN.
             return NotACandidate(reason)
@@ -372,7 +373,7 @@ def _plan(chain: MatchedChain) -> Plan | str:
     if facts["pair"]:
         split2 = None if is_number(nodes["multiplier2"]) else _split_multiplier(nodes["multiplier2"])
         if split2 is None:
-            return f"the norm's second use is multiplied by {nodes['multiplier2']}, which is not 1 + scale"
+            return f"the norm's second use is multiplied by {describe_value(nodes['multiplier2'])}, which is not 1 + scale"
         second = dict(
             scale2=(split2[0],), scale2_views=split2[1], shift2=(nodes["shift2"],),
             out_dtype2=chain.outputs[1].meta["val"].dtype,
@@ -432,7 +433,7 @@ def _hint(node: Operand | None) -> torch.Tensor | None:
         return torch.empty((), dtype=torch.float32, device="meta")
     value = hinted(node.meta.get("val"))
     if value is None:
-        raise _DataDependent(f"{node} has data-dependent sizes")
+        raise _DataDependent(f"{describe_value(node)} has data-dependent sizes")
     return value
 
 

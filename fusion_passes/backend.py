@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
-from torch._dynamo.utils import counters
 from torch._inductor import config as inductor_config
 
 from fusion_passes.config import OPTIONS_KEY, FusionConfig
 from fusion_passes.pass_manager import FusionPassManager
-from fusion_passes.report import GLOBAL_REPORT, GraphReport
+from fusion_passes.report import GLOBAL_REPORT, reporting_cache_hits
 
 HOOK = "post_grad_custom_post_pass"
 
@@ -51,13 +50,31 @@ def fusion_passes_backend(
             stacklevel=2,
         )
 
-    graphs_before = len(GLOBAL_REPORT.graphs)
-    hits_before = counters["inductor"]["fxgraph_cache_hit"]
-    compiled = compile_fx(gm, example_inputs, config_patches=patches)
-    if counters["inductor"]["fxgraph_cache_hit"] > hits_before and len(GLOBAL_REPORT.graphs) == graphs_before:
-        compile_id = torch._guards.CompileContext.current_compile_id()
-        GLOBAL_REPORT.add(GraphReport(graph_id=str(compile_id), cache_hit=True))
-    return compiled
+    with reporting_cache_hits(GLOBAL_REPORT):
+        return compile_fx(gm, example_inputs, config_patches=patches)
+
+
+def backend_with(settings: FusionConfig | Mapping[str, Any] | None = None) -> Callable[..., Any]:
+    """The backend with our ``settings`` bound: ``torch.compile(m, backend=backend_with(settings), mode=...)``."""
+    # torch.compile refuses mode= together with options=, where our settings would otherwise travel.
+    config = FusionConfig.from_value(settings)
+
+    def backend(
+        gm: torch.fx.GraphModule,
+        example_inputs: list[Any],
+        *,
+        mode: str | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> Any:
+        if options is not None and OPTIONS_KEY in options:
+            raise ValueError(
+                f"options[{OPTIONS_KEY!r}]: expected no settings here, got {options[OPTIONS_KEY]!r}; "
+                f"backend_with() already holds {config!r}"
+            )
+        return fusion_passes_backend(gm, example_inputs, mode=mode, options={**(options or {}), OPTIONS_KEY: config})
+
+    backend.__name__ = backend.__qualname__ = "fusion_passes_backend_with"
+    return backend
 
 
 def inductor_options(config: FusionConfig | Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -68,7 +85,7 @@ def inductor_options(config: FusionConfig | Mapping[str, Any] | None = None) -> 
 
 @contextlib.contextmanager
 def enabled(config: FusionConfig | Mapping[str, Any] | None = None) -> Iterator[FusionPassManager]:
-    """Install the passes in Inductor's global config for graphs compiled inside the ``with``."""
+    """Install the passes in Inductor's global config for graphs compiled (or loaded from its cache) inside the ``with``."""
     manager = FusionPassManager(FusionConfig.from_value(config), chained=getattr(inductor_config, HOOK))
-    with inductor_config.patch({**launch_patches(), HOOK: manager}):
+    with inductor_config.patch({**launch_patches(), HOOK: manager}), reporting_cache_hits(manager.report):
         yield manager

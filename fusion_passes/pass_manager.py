@@ -18,7 +18,7 @@ from fusion_passes.config import FusionConfig
 from fusion_passes.graph_utils import canonicalize_reduction_dims, merge_duplicates
 from fusion_passes.kernel_launches import launch_fused_ops
 from fusion_passes.patterns import RewriteFamily, active_run, explain_unfused, families, pattern_pass
-from fusion_passes.report import GLOBAL_REPORT, FusionReport, GraphReport
+from fusion_passes.report import GLOBAL_REPORT, FusionReport, GraphReport, keep_for_cache_hits
 
 GraphPass = Callable[[torch.fx.Graph], Any]
 
@@ -56,14 +56,6 @@ def _version(distribution: str) -> str:
         return "not installed"
 
 
-def _graph_id(report: FusionReport) -> str:
-    compile_id = torch._guards.CompileContext.current_compile_id()
-    base = str(compile_id) if compile_id is not None else "?"
-    # Forward and backward graphs of one compile share its id.
-    repeats = sum(graph.graph_id.split("#")[0] == base for graph in report.graphs)
-    return base if repeats == 0 else f"{base}#{repeats}"
-
-
 class FusionPassManager(InferenceAwarePass or CustomGraphPass):  # type: ignore[misc]
     """Runs passes the user already installed, then every enabled fusion family, on a post-grad graph."""
 
@@ -84,7 +76,7 @@ class FusionPassManager(InferenceAwarePass or CustomGraphPass):  # type: ignore[
                 chained_pass(graph, is_inference=bool(is_inference))
             else:
                 chained_pass(graph)
-        graph_report = GraphReport(graph_id=_graph_id(self.report))
+        graph_report = GraphReport(graph_id=self.report.next_graph_id())
         merge_duplicates(graph)
         canonicalize_reduction_dims(graph)
         enabled = [families()[name] for name in self.config.enabled_fusions()]
@@ -105,8 +97,10 @@ class FusionPassManager(InferenceAwarePass or CustomGraphPass):  # type: ignore[
             for family in enabled:
                 if not isinstance(family, RewriteFamily):
                     explain_unfused(family, graph, graph_report)
+        graph_report.merge_near_misses_of_one_chain()
         if graph_report.fused:
             launch_fused_ops(graph)
+        keep_for_cache_hits(graph_report)
         self.report.add(graph_report)
 
     def uuid(self) -> str | None:

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import operator
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -40,7 +41,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from fusion_passes.config import FusionConfig
 from fusion_passes.graph_utils import canonicalize_reduction_dims, functionalize_inplace_ops
-from fusion_passes.report import GraphReport, logger
+from fusion_passes.report import GraphReport, logger, saved_for_backward_reason, shared_value_reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -510,9 +511,12 @@ def _make_extra_check(family: FusionFamily, variant: PatternVariant) -> Callable
                     reason = family.cuda_size_rule(chain)
             except Exception as error:  # noqa: BLE001  (a chain we do not understand stays Inductor's)
                 reason = _internal_error(family, "check", anchor, error)
+            # The fused ops are forward-only: a chain whose intermediate the backward reads stays.
+            if not isinstance(reason, NotACandidate):
+                reason = saved_for_backward_reason(node for node in match.nodes if node not in chain.outputs) or reason
         if reason is not None:
             if not isinstance(reason, NotACandidate):
-                report.add_near_miss(family.name, variant.name, anchor, reason)
+                report.add_near_miss(family.name, variant.name, anchor, reason, chain=match.nodes)
             return False
         return True
 
@@ -530,7 +534,8 @@ def _make_handler(family: FusionFamily, variant: PatternVariant) -> Callable[...
             # Traces the replacement before it touches the graph: a failure leaves the chain as it was.
             match.replace_by_example(replacement, flat_args, trace_fn=trace_post_grad)
         except Exception as error:  # noqa: BLE001
-            report.add_near_miss(family.name, variant.name, anchor, _internal_error(family, "rewrite", anchor, error))
+            reason = _internal_error(family, "rewrite", anchor, error)
+            report.add_near_miss(family.name, variant.name, anchor, reason, chain=match.nodes)
             return
         report.add_fusion(family.name, name, anchor)
 
@@ -563,6 +568,7 @@ def explain_unfused(family: FusionFamily, graph: torch.fx.Graph, report: GraphRe
     """Report each seed left in ``graph`` that no fusion or recorded near miss accounts for."""
     patterns = pattern_pass(family.name)
     reported = {miss.node for miss in report.near_misses}
+    order = {node: index for index, node in enumerate(graph.nodes)}
     for target in family.seed_targets:
         for seed in graph.find_nodes(op="call_function", target=target):
             if family.seed_filter is not None and not family.seed_filter(seed):
@@ -579,11 +585,23 @@ def explain_unfused(family: FusionFamily, graph: torch.fx.Graph, report: GraphRe
                 if not isinstance(entry.pattern, MultiOutputPattern)
                 and not is_match(result := entry.pattern.match(node))
             ]
+            reason = family.unmatched_reason
             if any(failure.startswith("multiple_users") for failure in failures):
-                reason = "an intermediate of the chain is also used outside it"
-            else:
-                reason = family.unmatched_reason
+                reason = _shared_intermediate_reason(sorted({seed, *nearby}, key=order.__getitem__))
             report.add_near_miss(family.name, None, seed, reason)
+
+
+def _shared_intermediate_reason(region: Sequence[torch.fx.Node]) -> str:
+    # Which value of a candidate chain has more than one reader (the pattern wants one): a value
+    # saved for backward first, else the first in graph order. A multi-output op's getitems are one read.
+    shared = [
+        node for node in region
+        if len(node.users) > 1 and not all(user.target is operator.getitem for user in node.users)
+    ]
+    if not shared:
+        return "an intermediate of the chain is also used outside it"
+    node = next((node for node in shared if saved_for_backward_reason([node])), shared[0])
+    return shared_value_reason(node, list(node.users))
 
 
 def with_signature(fn: Callable[..., Any], params: Sequence[str]) -> Callable[..., Any]:

@@ -852,7 +852,7 @@ NEAR_MISSES = {
         normalized_value_used_elsewhere,
         [(2, 8, 16), (2, 1, 16), (2, 1, 16)],
         torch.float32,
-        "also used outside",
+        "is also returned by the compiled code",
     ),
     "scale without +1": (scale_without_one, [(2, 8, 16), (2, 1, 16), (2, 1, 16)], torch.float32, "not 1 + scale"),
     "2 + scale": (two_plus_scale, [(2, 8, 16), (2, 1, 16), (2, 1, 16)], torch.float32, "not 1 + scale"),

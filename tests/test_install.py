@@ -50,8 +50,8 @@ def test_wheel_in_a_fresh_environment(tmp_path: Path) -> None:
         [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(wheel), *pins], check=True
     )
     environment = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "TRITON_INTERPRET")}
-    # A new user's empty compile cache: a cache hit from an earlier run would skip the passes (and
-    # the report of what fused).
+    # A new user's empty compile cache: the passes run in this environment (a cache hit from an
+    # earlier run would replay that run's report instead).
     environment["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "inductor_cache")
     result = subprocess.run(
         [str(python), "-c", USER_SCRIPT], capture_output=True, text=True, cwd=tmp_path, env=environment, timeout=600

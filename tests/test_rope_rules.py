@@ -97,7 +97,7 @@ def test_complex_rope_fuses_at_any_size() -> None:
     [
         (normed_rope, normed_shapes(4096, 2, 1024), "head dim 1024 is over 512"),
         (cast_free_normed_rope, [((1, 4096, 24, 128), torch.float64), ((128,), torch.float64)]
-         + [((1, 4096, 1, 128), torch.float64)] * 2, "xs[0] dtype torch.float64"),
+         + [((1, 4096, 1, 128), torch.float64)] * 2, "stream 0's input dtype torch.float64"),
     ],
     ids=["head-dim-1024", "float64"],
 )

@@ -18,7 +18,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from fusion_passes.config import FusionConfig
 from fusion_passes.kernels import rope as rope_kernels
 from fusion_passes.patterns import RewriteFamily, hinted, register_family
-from fusion_passes.report import GraphReport
+from fusion_passes.report import GraphReport, outside_use_reason
 from fusion_passes.rope.nodes import data_users, value_of
 from fusion_passes.rope.profitability import cuda_size_rule
 from fusion_passes.rope.recognize import Table, find_rotation
@@ -121,7 +121,7 @@ def _unfused_reason(group: Group, config: FusionConfig) -> str | None:
     for rotation in group.rotations:
         outside = [node for node in rotation.nodes - {rotation.output} if not data_users(node) <= group.nodes]
         if outside:
-            return f"an intermediate of the rotation ({outside[0].name}) is also used outside it"
+            return outside_use_reason(outside, group.nodes) or "an intermediate of the rotation is also used outside it"
     call = _meta_kernel_call(group)
     if isinstance(call, str):
         return call

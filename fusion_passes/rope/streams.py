@@ -24,6 +24,7 @@ from fusion_passes.norms import EPS_SENTINEL, NORM_FORMS, TRACE_DTYPE, NormForm,
 from fusion_passes.patterns import generalize, traced_pattern, with_signature
 from fusion_passes.rope.nodes import data_users, same_sizes, value_of
 from fusion_passes.rope.recognize import Rotation
+from fusion_passes.report import describe_value
 
 aten = torch.ops.aten
 
@@ -263,12 +264,12 @@ def absorb_norms(group: Group) -> None:
         return
     tensor_eps = next((norm.eps for norm, _ in found if isinstance(norm.eps, torch.fx.Node)), None)
     if tensor_eps is not None:
-        group.unabsorbed_norm_reason = f"the norm's eps is the tensor {tensor_eps.name}, not a number"
+        group.unabsorbed_norm_reason = f"the norm's eps is a tensor ({describe_value(tensor_eps)}), not a number"
         return
     inside = group.nodes.union(*({stream.input, stream.value} | stream.skipped_clones for stream in group.streams))
     for norm, _ in found:
         if not data_users(norm.output) <= inside:
-            group.unabsorbed_norm_reason = f"the norm's output {norm.output.name} is also used outside the rotation"
+            group.unabsorbed_norm_reason = f"the norm's output, {describe_value(norm.output)}, is also used outside the rotation"
             return
     for stream, (norm, view) in zip(group.streams, found):
         stream.norm, stream.view = norm, view
