@@ -235,9 +235,9 @@ def _offsets(channels, positions, channel_stride, token_stride, INT64: tl.conste
 
 
 @triton.jit
-def _state_values(init_seq, channels, channel_mask, positions, valid, sic, sik, use_init, HISTORY: tl.constexpr):
+def _state_values(init_seq, channels, init_channel_mask, positions, valid, sic, sik, HISTORY: tl.constexpr):
     # The initial state at negative sequence positions (zeros elsewhere, and without a state), fp32.
-    mask = channel_mask[:, None] & (valid & (positions < 0))[None, :] & use_init
+    mask = init_channel_mask[:, None] & (valid & (positions < 0))[None, :]
     offsets = channels[:, None] * sic + (HISTORY + positions)[None, :] * sik
     return tl.load(init_seq + offsets, mask=mask, other=0.0).to(tl.float32)
 
@@ -271,9 +271,11 @@ def _causal_conv1d_kernel(
     channels_ = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     channel_mask = channels_ < channels
     init_seq = init_ptr + seq.to(tl.int64) * sis
-    use_init = True
+    # The channels whose initial state is read: none for a sequence flagged to start from zeros.
+    init_channel_mask = channel_mask
     if HAS_INIT_FLAGS:
-        use_init = tl.load(has_init_ptr + seq * sflag) != 0
+        # (A where, not `channel_mask & flag`: Triton 3.9's interpreter makes a vector & scalar mask uint8.)
+        init_channel_mask = tl.where(tl.load(has_init_ptr + seq * sflag) != 0, channel_mask, False)
     bias = tl.zeros([BLOCK_C], dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + channels_ * sb, mask=channel_mask, other=0.0).to(tl.float32)
@@ -289,8 +291,8 @@ def _causal_conv1d_kernel(
             value = tl.load(x_tile - shift * sxt, mask=channel_mask[:, None] & in_x[None, :], other=0.0).to(tl.float32)
             if HAS_INIT:
                 if token_block * BLOCK_L < shift:
-                    value += _state_values(init_seq, channels_, channel_mask, tokens - shift, valid, sic, sik,
-                                           use_init, HISTORY)
+                    value += _state_values(init_seq, channels_, init_channel_mask, tokens - shift, valid, sic, sik,
+                                           HISTORY)
             acc += tap[:, None] * value
         if ROUND_CONV == 1:
             acc = acc.to(tl.float16).to(tl.float32)
@@ -308,7 +310,7 @@ def _causal_conv1d_kernel(
         mask = channel_mask[:, None] & (in_state & (positions >= 0))[None, :]
         states = tl.load(x_seq + _offsets(channels_, positions, sxc, sxt, INT64), mask=mask, other=0.0).to(tl.float32)
         if HAS_INIT:
-            states += _state_values(init_seq, channels_, channel_mask, positions, in_state, sic, sik, use_init, HISTORY)
+            states += _state_values(init_seq, channels_, init_channel_mask, positions, in_state, sic, sik, HISTORY)
         final = final_ptr + seq.to(tl.int64) * sfs + channels_[:, None] * sfc + slots[None, :] * sfk
         tl.store(final, states.to(final_ptr.dtype.element_ty), mask=channel_mask[:, None] & in_state[None, :])
 
