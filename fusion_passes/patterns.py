@@ -377,6 +377,36 @@ class DistinctFrom(PatternExpr):
         return f"DistinctFrom({self.child!r})"
 
 
+class OneOf(PatternExpr):
+    """The first of ``alternatives`` that matches: spellings of one value that differ in structure
+    (``x * rsqrt(v)`` or ``x / sqrt(v)``; a value read as it is or through a transpose)."""
+
+    def __init__(self, *alternatives: PatternExpr) -> None:
+        super().__init__()
+        self.alternatives = alternatives
+
+    def _match(self, node: torch.fx.Node, ctx: MatchContext) -> MatchResult:
+        before = dict(ctx.pattern_to_node)
+        failures = []
+        for alternative in self.alternatives:
+            ctx.pattern_to_node = dict(before)
+            result = ctx.match(alternative, node)
+            if is_match(result):
+                return _wrapped(self, ctx, result)
+            failures.append(result)
+        ctx.pattern_to_node = before
+        # An intermediate used elsewhere is the most useful failure to explain (as in Commutative).
+        return next((f for f in failures if getattr(f, "format_string", "").startswith("multiple_users")), failures[0])
+
+    def find_anchor_nodes(self, ctx: MatchContext, searched: Any) -> Iterator[torch.fx.Node | None]:
+        """Where any alternative could match."""
+        for alternative in self.alternatives:
+            yield from alternative.find_anchor_nodes(ctx, searched)
+
+    def __repr__(self) -> str:
+        return f"OneOf({', '.join(map(repr, self.alternatives))})"
+
+
 class NotACandidate(str):
     """A check's reason that means "not this family's chain at all": no near miss is reported."""
 
@@ -392,6 +422,7 @@ def generalize(pattern: PatternExpr, scalars: Sequence[str] = ("eps",)) -> Patte
     - ``add``/``mul`` of two tensors match in either operand order; a computed operand of them, or
       of a downcast, also behind a clone;
     - an eps add matches ``add.Tensor`` (hand-written norms) and ``add.Scalar`` (``F.rms_norm``);
+    - ``a * rsqrt(v)`` also matches ``a / sqrt(v)`` (equal within two fp32 ulps);
     - an upcast to float32 may be absent (fp32 graphs), and every input may sit behind upcasts
       and clones (``Transparent``, at each use separately);
     - a downcast matches any target dtype (bf16 or fp16); family checks verify which;
@@ -414,7 +445,7 @@ def generalize(pattern: PatternExpr, scalars: Sequence[str] = ("eps",)) -> Patte
         if len(expr.fns) == 1 and expr.fns[0] in _COMMUTATIVE and len(args) == 2 and not expr.kwargs:
             if all(isinstance(arg, PatternExpr) and arg.__class__ is not KeywordArg for arg in args):
                 args = [_maybe_cloned(arg) for arg in args]
-                return Commutative(expr.fns, *args, _users=expr.users)
+                return _or_divided_by_root(expr, Commutative(expr.fns, *args, _users=expr.users), rebuilt)
             if expr.fns[0] is aten.add.Tensor:
                 return StrictCall(_ADD_SCALAR_FORMS, *args, _users=expr.users)
         if expr.fns == [aten.add.Scalar]:
@@ -423,6 +454,19 @@ def generalize(pattern: PatternExpr, scalars: Sequence[str] = ("eps",)) -> Patte
         return StrictCall(expr.fns, *args, _users=expr.users, **kwargs)
 
     return _rebuild(pattern, widen)
+
+
+def _or_divided_by_root(expr: CallFunction, product: Commutative, rebuilt: Callable[[Any], Any]) -> PatternExpr:
+    # A norm's ``a * rsqrt(v)`` may be written ``a / sqrt(v)``. Both round twice in fp32 (the root,
+    # then the product or quotient): they differ by at most two fp32 ulps, which a half-precision
+    # rounding after them turns into one half ulp in about one value in 10^5; the fused ops
+    # compute rsqrt.
+    roots = [i for i, arg in enumerate(expr.args) if isinstance(arg, CallFunction) and arg.fns == [aten.rsqrt.default]]
+    if expr.fns != [aten.mul.Tensor] or len(roots) != 1:
+        return product
+    root = expr.args[roots[0]]
+    square_root = StrictCall(aten.sqrt.default, rebuilt(root.args[0]), _users=root.users)
+    return OneOf(product, StrictCall(aten.div.Tensor, product.args[1 - roots[0]], square_root, _users=expr.users))
 
 
 def _maybe_cloned(arg: Any) -> Any:
@@ -468,6 +512,8 @@ def _copy(expr: PatternExpr, rebuilt: Callable[[Any], Any]) -> PatternExpr:
         return OptionalCast(rebuilt(expr.child))
     if isinstance(expr, OptionalClone):
         return OptionalClone(rebuilt(expr.child))
+    if isinstance(expr, OneOf):
+        return OneOf(*[rebuilt(alternative) for alternative in expr.alternatives])
     return expr
 
 

@@ -56,6 +56,13 @@ def hand_written_rms_norm_shift_first(x, weight, scale, shift):
     return shift + (1 + scale) * normed
 
 
+def rms_norm_divided_by_root(x, scale, shift):
+    """An RMSNorm spelled ``x / sqrt(mean(x**2) + eps)`` (fp32 statistics, rounded to x's dtype), then AdaLN."""
+    h = x.float()
+    normed = (h / torch.sqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype)
+    return normed * (1 + scale) + shift
+
+
 def fp32_upcast_form(x, scale, shift):
     """Wan: normalize x.float(), fp32 modulation, cast back with type_as."""
     return (F.layer_norm(x.float(), x.shape[-1:], eps=1e-6) * (1 + scale) + shift).type_as(x)
@@ -306,6 +313,43 @@ class <lambda>(torch.nn.Module):
         norm_modulate_default: "bf16[2, 8, 16]" = torch.ops.fusion_passes.norm_modulate.default(arg0_1, arg1_1, None, [arg2_1], [arg3_1], None, 1e-06, 'rms', True, 'before_weight', torch.bfloat16)
         return (norm_modulate_default,)
 """)
+
+    def test_f1_rms_norm_divided_by_root_bf16(self):
+        # x / sqrt(v) is x * rsqrt(v) within two fp32 ulps: the op computes the latter.
+        args = [randn(2, 8, 16, dtype=torch.bfloat16), randn(2, 1, 16, dtype=torch.bfloat16), randn(2, 1, 16, dtype=torch.bfloat16)]
+        result = self.check(rms_norm_divided_by_root, args, torch.bfloat16, {"adaln": 1})
+        self.assertExpectedInline(result.before, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "bf16[2, 8, 16]", arg1_1: "bf16[2, 1, 16]", arg2_1: "bf16[2, 1, 16]"):
+        convert_element_type: "f32[2, 8, 16]" = torch.ops.prims.convert_element_type.default(arg0_1, torch.float32)
+        pow_1: "f32[2, 8, 16]" = torch.ops.aten.pow.Tensor_Scalar(convert_element_type, 2)
+        mean: "f32[2, 8, 1]" = torch.ops.aten.mean.dim(pow_1, [-1], True)
+        add: "f32[2, 8, 1]" = torch.ops.aten.add.Tensor(mean, 1e-06)
+        sqrt: "f32[2, 8, 1]" = torch.ops.aten.sqrt.default(add)
+        div: "f32[2, 8, 16]" = torch.ops.aten.div.Tensor(convert_element_type, sqrt)
+        convert_element_type_1: "bf16[2, 8, 16]" = torch.ops.prims.convert_element_type.default(div, torch.bfloat16)
+        add_1: "bf16[2, 1, 16]" = torch.ops.aten.add.Tensor(arg1_1, 1)
+        mul: "bf16[2, 8, 16]" = torch.ops.aten.mul.Tensor(convert_element_type_1, add_1)
+        add_2: "bf16[2, 8, 16]" = torch.ops.aten.add.Tensor(mul, arg2_1)
+        return (add_2,)
+""")
+        self.assertExpectedInline(result.after, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "bf16[2, 8, 16]", arg1_1: "bf16[2, 1, 16]", arg2_1: "bf16[2, 1, 16]"):
+        norm_modulate_default: "bf16[2, 8, 16]" = torch.ops.fusion_passes.norm_modulate.default(arg0_1, None, None, [arg1_1], [arg2_1], None, 1e-06, 'rms', True, 'after_affine', torch.bfloat16)
+        return (norm_modulate_default,)
+""")
+
+    def test_f1_rms_norm_divided_by_root_fp32(self):
+        args = [randn(2, 8, 16), randn(2, 1, 16), randn(2, 1, 16)]
+        result = self.check(rms_norm_divided_by_root, args, torch.float32, {"adaln": 1})
+        self.assertExpectedInline(result.after, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "f32[2, 8, 16]", arg1_1: "f32[2, 1, 16]", arg2_1: "f32[2, 1, 16]"):
+        norm_modulate_default: "f32[2, 8, 16]" = torch.ops.fusion_passes.norm_modulate.default(arg0_1, None, None, [arg1_1], [arg2_1], None, 1e-06, 'rms', True, 'none', torch.float32)
+        return (norm_modulate_default,)
+""")
+        torch.testing.assert_close(result.output, rms_norm_divided_by_root(*args), rtol=1e-5, atol=1e-5)
 
     def test_f1_fp32_upcast_form_bf16(self):
         args = [randn(2, 8, 16, dtype=torch.bfloat16), randn(2, 1, 16), randn(2, 1, 16)]
@@ -924,6 +968,19 @@ def test_adds_with_alpha_are_not_plain_adds():
     assert any("not 1 + scale" in miss.reason for miss in result.report.near_misses)
     for out, ref in zip(result.output, chain(*args), strict=True):
         torch.testing.assert_close(out, ref)
+
+
+def test_tensor_eps_under_the_root_is_a_near_miss():
+    # The division spelling with eps a tensor: matched, and left unfused with the reason.
+    def chain(x, scale, shift, eps):
+        h = x.float()
+        return (h / torch.sqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * (1 + scale) + shift
+
+    args = [randn(2, 8, 16, dtype=torch.bfloat16), randn(2, 1, 16, dtype=torch.bfloat16), randn(2, 1, 16, dtype=torch.bfloat16)]
+    result = capture(chain, *args, torch.tensor(1e-6))
+    assert result.report.counts() == {}
+    reasons = {miss.reason for miss in result.report.near_misses}
+    assert reasons == {"eps is the tensor arg1_1, not a number: the fused op takes eps as a constant"}, reasons
 
 
 def test_device_not_enabled_does_not_fuse():
