@@ -2,7 +2,9 @@
 
 - ``adaln`` (F1): ``N(x) * (1 + scale) + shift`` -> ``fusion_passes::norm_modulate``.
 - ``residual_adaln`` (F2): ``r = residual + gate * x``, then F1 on ``r``, where ``r`` is also used
-  later -> ``fusion_passes::residual_norm_modulate`` returning both. Applied before ``adaln``.
+  later -> ``fusion_passes::residual_norm_modulate`` returning both. Applied before ``adaln``. An
+  LLM's residual add and RMSNorm (``weight * norm(r).to(r.dtype)``, no modulation) is the same
+  chain with the weight as a bare multiplier.
 - One norm feeding two modulations (SD3.5's dual AdaLN) -> ``fusion_passes::norm_modulate_pair``
   (part of ``adaln``): x read once, both outputs written.
 - F3 (select01) is not a pattern: where a modulation operand is ``torch.where(cond, a, b)`` with
@@ -276,9 +278,16 @@ class Plan:
     shift2: tuple[Operand, ...] = ()
     out_dtype2: torch.dtype | None = None
 
-    def describe(self) -> str:
-        """What the report says beyond the variant name."""
-        return " +select01" if self.select is not None else ""
+    @property
+    def multiplied_by_weight(self) -> bool:
+        """Whether the norm is multiplied by a tensor the same for every row (its weight), not by ``1 + scale``."""
+        return not self.scale_plus_one and isinstance(self.scale[0], torch.fx.Node)
+
+    def describe(self, variant_name: str) -> str:
+        """The report's name of the fused chain, from its variant's name."""
+        if self.multiplied_by_weight:
+            variant_name = variant_name.removesuffix("*(1+scale)") + "*weight"
+        return variant_name + (" +select01" if self.select is not None else "")
 
 
 def _used_outside(node: torch.fx.Node, inside: set[torch.fx.Node]) -> bool:
@@ -344,6 +353,14 @@ def _selected(operand: Operand | None, select: torch.fx.Node | None) -> tuple[Op
     return (operand, operand) if select is not None else (operand,)
 
 
+def _is_weighted_residual_norm(chain: MatchedChain) -> bool:
+    """Whether ``chain`` is a residual sum used later, normalized and multiplied by a weight alone."""
+    facts = chain.variant.facts
+    if facts["residual"] is None or facts["pair"] or chain.nodes.get("shift") is not None:
+        return False
+    return _used_outside(chain.outputs[1], set(chain.match.nodes))
+
+
 def plan(chain: MatchedChain) -> Plan | str:
     """The fused call for ``chain``, or why it cannot be fused (before shape and size rules)."""
     return chain.cached("plan", lambda: _plan(chain))
@@ -364,10 +381,15 @@ def _plan(chain: MatchedChain) -> Plan | str:
         (scale, scale_views), scale_plus_one = split, True
     else:
         reason = f"the norm is multiplied by {multiplier}, which is not 1 + scale"
-        if sum(size != 1 for size in chain.value("multiplier").shape[:-1]) == 0:
-            # The same over all rows: a norm's own weight (an RMSNorm before RoPE), not AdaLN.
+        if sum(size != 1 for size in chain.value("multiplier").shape[:-1]) != 0:
+            return reason
+        # The same over all rows: the norm's own weight. Alone (an RMSNorm before RoPE, an LLM's
+        # final norm) it is not AdaLN; after a residual sum used later (an LLM's residual add and
+        # RMSNorm, ``weight * norm(r).to(r.dtype)``) the fused op computes both, the weight as a
+        # bare multiplier after the norm's rounding: no modulation.
+        if not _is_weighted_residual_norm(chain):
             return NotACandidate(reason)
-        return reason
+        scale, scale_views, scale_plus_one = multiplier, (), False
     second: dict[str, Any] = {}
     if facts["pair"]:
         split2 = None if is_number(nodes["multiplier2"]) else _split_multiplier(nodes["multiplier2"])
@@ -490,7 +512,7 @@ def _check(chain: MatchedChain) -> str | None:
 
 def _describe(chain: MatchedChain) -> str:
     plan_ = plan(chain)
-    return chain.variant.name + (plan_.describe() if isinstance(plan_, Plan) else "")
+    return plan_.describe(chain.variant.name) if isinstance(plan_, Plan) else chain.variant.name
 
 
 def _cuda_size_rule(chain: MatchedChain) -> str | None:

@@ -122,6 +122,30 @@ def plain_residual(residual, x, scale, shift):
     return r, F.layer_norm(r, r.shape[-1:], eps=1e-6) * (1 + scale) + shift
 
 
+def llm_residual_rms_norm(residual, x, weight):
+    """An LLM's residual add, then transformers' LlamaRMSNorm / Qwen3RMSNorm: fp32 statistics, the
+    normalized value rounded to r's dtype before the weight; no modulation, r used later."""
+    r = residual + x
+    h = r.to(torch.float32)
+    variance = h.pow(2).mean(-1, keepdim=True)
+    h = h * torch.rsqrt(variance + 1e-6)
+    return weight * h.to(r.dtype), r
+
+
+def llm_residual_zero_centred_rms_norm(residual, x, weight):
+    """The zero-centred weight of the same norm: ``(1 + weight) * h.to(r.dtype)``."""
+    r = residual + x
+    h = r.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+    return (1 + weight) * h.to(r.dtype), r
+
+
+def residual_torch_rms_norm(residual, x, weight):
+    """``F.rms_norm`` / ``nn.RMSNorm`` with weight after the residual add (rounded once, after the weight)."""
+    r = residual + x
+    return F.rms_norm(r, r.shape[-1:], weight, 1e-6), r
+
+
 # --- F3 spellings --------------------------------------------------------------------------------
 
 
@@ -670,6 +694,51 @@ class <lambda>(torch.nn.Module):
         return (getitem_3, getitem_2)
 """)
 
+    def test_f2_llm_rms_norm_bf16(self):
+        # The weight is the same for every row: the op multiplies the normalized value by it as a
+        # bare scale (False: no 1 +), after rounding it to r's dtype ('after_affine' of a norm with
+        # no affine), as ``weight * h.to(r.dtype)`` does.
+        args = [randn(2, 8, 16, dtype=torch.bfloat16), randn(2, 8, 16, dtype=torch.bfloat16), randn(16, dtype=torch.bfloat16)]
+        result = self.check(llm_residual_rms_norm, args, torch.bfloat16, {"residual_adaln": 1})
+        self.assertEqual([record.pattern for record in result.report.fused], ["residual+x -> rms_norm/half*weight"])
+        self.assertExpectedInline(result.before, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "bf16[2, 8, 16]", arg1_1: "bf16[2, 8, 16]", arg2_1: "bf16[16]"):
+        add: "bf16[2, 8, 16]" = torch.ops.aten.add.Tensor(arg0_1, arg1_1)
+        convert_element_type: "f32[2, 8, 16]" = torch.ops.prims.convert_element_type.default(add, torch.float32)
+        pow_1: "f32[2, 8, 16]" = torch.ops.aten.pow.Tensor_Scalar(convert_element_type, 2)
+        mean: "f32[2, 8, 1]" = torch.ops.aten.mean.dim(pow_1, [-1], True)
+        add_1: "f32[2, 8, 1]" = torch.ops.aten.add.Tensor(mean, 1e-06)
+        rsqrt: "f32[2, 8, 1]" = torch.ops.aten.rsqrt.default(add_1)
+        mul: "f32[2, 8, 16]" = torch.ops.aten.mul.Tensor(convert_element_type, rsqrt)
+        convert_element_type_1: "bf16[2, 8, 16]" = torch.ops.prims.convert_element_type.default(mul, torch.bfloat16)
+        mul_1: "bf16[2, 8, 16]" = torch.ops.aten.mul.Tensor(arg2_1, convert_element_type_1)
+        return (mul_1, add)
+""")
+        self.assertExpectedInline(result.after, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "bf16[2, 8, 16]", arg1_1: "bf16[2, 8, 16]", arg2_1: "bf16[16]"):
+        residual_norm_modulate_default = torch.ops.fusion_passes.residual_norm_modulate.default(arg0_1, arg1_1, [], None, None, [arg2_1], [], None, 1e-06, 'rms', False, 'after_affine', torch.bfloat16, torch.bfloat16)
+        getitem: "bf16[2, 8, 16]" = residual_norm_modulate_default[0]
+        getitem_1: "bf16[2, 8, 16]" = residual_norm_modulate_default[1]
+        return (getitem, getitem_1)
+""")
+        # The same rounding points as eager: bit-identical on CPU, where the op runs its reference.
+        for out, expected in zip(result.output, llm_residual_rms_norm(*args), strict=True):
+            self.assertTrue(torch.equal(out, expected))
+
+    def test_f2_llm_rms_norm_fp32(self):
+        args = [randn(2, 8, 16), randn(2, 8, 16), randn(16)]
+        result = self.check(llm_residual_rms_norm, args, torch.float32, {"residual_adaln": 1})
+        self.assertExpectedInline(result.after, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "f32[2, 8, 16]", arg1_1: "f32[2, 8, 16]", arg2_1: "f32[16]"):
+        residual_norm_modulate_default = torch.ops.fusion_passes.residual_norm_modulate.default(arg0_1, arg1_1, [], None, None, [arg2_1], [], None, 1e-06, 'rms', False, 'none', torch.float32, torch.float32)
+        getitem: "f32[2, 8, 16]" = residual_norm_modulate_default[0]
+        getitem_1: "f32[2, 8, 16]" = residual_norm_modulate_default[1]
+        return (getitem, getitem_1)
+""")
+
     def test_f3_select01_fp32(self):
         args = [randn(2, 8, 16), torch.randint(0, 2, (2, 8)), randn(2, 48), randn(2, 48)]
         result = self.check(select01, args, torch.float32, {"adaln": 1})
@@ -843,6 +912,53 @@ def test_residual_sum_used_only_by_the_norm_is_f1_not_f2():
     result = capture(chain, randn(2, 8, 16), randn(2, 8, 16), randn(2, 1, 16), randn(2, 1, 16))
     assert result.report.counts() == {"adaln": 1}
     assert result.report.near_misses == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize(
+    ("spelling", "pattern"),
+    [
+        (llm_residual_rms_norm, "residual+x -> rms_norm/{precision}*weight"),
+        (llm_residual_zero_centred_rms_norm, "residual+x -> rms_norm/{precision}*(1+scale)"),
+        (residual_torch_rms_norm, "residual+x -> rms_norm/fp32*weight"),
+    ],
+    ids=["weight", "1+weight", "F.rms_norm"],
+)
+def test_llm_residual_rms_norms_fuse(spelling, pattern, dtype):
+    # F.rms_norm computes a half input in fp32 and rounds once at the end (the fp32 form, its cast folded).
+    args = [randn(3, 5, 24, dtype=dtype), randn(3, 5, 24, dtype=dtype), randn(24, dtype=dtype)]
+    result = capture(spelling, *args)
+    precision = "fp32" if dtype == torch.float32 else "half"
+    assert [record.pattern for record in result.report.fused] == [pattern.format(precision=precision)]
+    assert_matches_fp64(result, spelling, args, dtype)
+    for out, expected in zip(result.output, spelling(*args), strict=True):
+        torch.testing.assert_close(out, expected)
+
+
+def test_llm_rms_norm_of_a_sum_used_only_there_is_not_a_candidate():
+    # Nothing else needs r: an RMSNorm with its weight alone is Inductor's, and no near miss.
+    def chain(residual, x, weight):
+        return llm_residual_rms_norm(residual, x, weight)[0]
+
+    result = capture(chain, randn(2, 8, 16, dtype=torch.bfloat16), randn(2, 8, 16, dtype=torch.bfloat16), randn(16, dtype=torch.bfloat16))
+    assert result.report.counts() == {}
+    assert result.report.near_misses == []
+
+
+def test_llm_rms_norm_rounded_to_another_dtype_is_a_near_miss():
+    # r is bf16, the normalized value rounded to fp16 before an fp16 weight: the op rounds only to r's dtype.
+    def chain(residual, x, weight):
+        r = residual + x
+        h = r.float()
+        return weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)).to(torch.float16), r
+
+    args = [randn(2, 8, 16, dtype=torch.bfloat16), randn(2, 8, 16, dtype=torch.bfloat16), randn(16, dtype=torch.float16)]
+    result = capture(chain, *args)
+    assert result.report.counts() == {}
+    misses = [(miss.fusion, miss.reason) for miss in result.report.near_misses]
+    assert misses == [("residual_adaln", "the chain casts to torch.float16, not to its input's dtype torch.bfloat16")], misses
+    for out, expected in zip(result.output, chain(*args), strict=True):
+        torch.testing.assert_close(out, expected)
 
 
 def test_norm_weight_without_modulation_is_not_a_candidate():
