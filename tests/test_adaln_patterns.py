@@ -1122,8 +1122,9 @@ def test_dynamic_shapes_that_broadcast_x_up_do_not_fuse():
     assert "does not broadcast to x shape" in result.report.near_misses[0].reason
 
 
-def fake_chain(x, *, producer=None, residual=False, select=False):
-    """A MatchedChain over fake CUDA tensors: what the size rule sees of a real match."""
+def fake_chain(x, *, producer=None, residual=False, select=False, weight_only=False):
+    """A MatchedChain over fake CUDA tensors: what the size rule sees of a real match (``weight_only``:
+    the norm multiplied by a [C] weight, no shift)."""
     graph = torch.fx.Graph()
 
     def node(name, value, target=None):
@@ -1134,11 +1135,15 @@ def fake_chain(x, *, producer=None, residual=False, select=False):
     with torch._subclasses.fake_tensor.FakeTensorMode():
         hidden = x.shape[-1] if isinstance(x.shape[-1], int) else x.shape[-1].node.hint
         modulation = torch.empty(1, 1, hidden, device=x.device, dtype=torch.bfloat16)
+        weight = torch.empty(hidden, device=x.device, dtype=torch.bfloat16)
     x_node = node("x", x, producer)
     scale = node("scale", modulation)
     multiplier = graph.call_function(torch.ops.aten.add.Tensor, (scale, 1))
     multiplier.meta["val"] = modulation
     nodes = {"x": x_node, "multiplier": multiplier, "shift": node("shift", modulation), "eps": 1e-6}
+    if weight_only:
+        nodes["multiplier"] = node("weight", weight)
+        del nodes["shift"]
     if select:  # shift chosen per row between two sets
         with torch._subclasses.fake_tensor.FakeTensorMode():
             chosen = torch.empty(*x.shape[:-1], 1, device=x.device, dtype=torch.bool)
@@ -1197,6 +1202,14 @@ def test_cuda_size_rule_leaves_residual_sums_with_select01_to_inductor():
     f2 = fake_chain(fake_cuda(1, 4096, 3072), residual=True, select=True)
     assert adaln_family._check(f2) is None
     assert "select01" in adaln_family._cuda_size_rule(f2)
+
+
+def test_cuda_size_rule_leaves_the_llm_residual_rms_norm_to_inductor():
+    # No modulation to fold in: the fused op measured 0.95-0.98x of Inductor alone on an H200.
+    chain = fake_chain(fake_cuda(1, 4096, 4096), residual=True, weight_only=True)
+    assert adaln_family._check(chain) is None
+    assert adaln_family.plan(chain).multiplied_by_weight
+    assert "RMSNorm with its weight alone (no modulation) was measured slower" in adaln_family._cuda_size_rule(chain)
 
 
 @pytest.mark.parametrize(("shape", "reason"), [((1, 4096, 3072), None), ((1, 256, 3072), "below the measured CUDA break-even")])
