@@ -51,6 +51,7 @@ from fusion_passes.patterns import (
     hinted,
     is_pointwise,
     is_transparent,
+    nearby_users,
     register_family,
     substitute,
     traced_pattern,
@@ -630,6 +631,56 @@ def fold_output_casts(graph: torch.fx.Graph) -> None:
                 graph.erase_node(cast)
 
 
+# Uses from an RMSNorm's statistic to its modulation: the eps add, the root, the product, a
+# downcast, a weight and its downcast, then ``* (1 + scale)``.
+_RMS_CHAIN_HOPS = 8
+_LAYER_NORM_UNMATCHED = "the norm is not followed by a supported * (1 + scale) + shift"
+
+
+def _is_rms_statistic(node: torch.fx.Node) -> bool:
+    """Whether ``node`` is ``mean(x * x)`` over the last dim, dims kept: an RMSNorm's statistic."""
+    if node.target is not aten.mean.dim or list(node.args[1]) != [-1]:
+        return False
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    square = node.args[0]
+    if not keepdim or not isinstance(square, torch.fx.Node):
+        return False
+    if square.target is aten.pow.Tensor_Scalar:
+        return square.args[1] == 2
+    return square.target is aten.mul.Tensor and square.args[0] is square.args[1]
+
+
+def is_candidate_norm(seed: torch.fx.Node) -> bool:
+    """Whether a norm's statistic marks an AdaLN candidate: every LayerNorm, and an RMSNorm that is
+    multiplied by ``1 + scale`` or normalizes a residual sum used later (a plain RMSNorm, such as a
+    q/k norm or an LLM's final norm, is not one)."""
+    if seed.target is not aten.mean.dim:
+        return True
+    if not _is_rms_statistic(seed):
+        return False
+    nearby = nearby_users(seed, _RMS_CHAIN_HOPS)
+    if any(node.target is aten.mul.Tensor and any(_split_multiplier(arg) for arg in node.args) for node in nearby):
+        return True
+    source = seed.args[0].args[0]
+    while is_transparent(source):
+        source = source.args[0]
+    # The norm reads its input in the square and in the product (or quotient) by the root.
+    norm_nodes = {seed.args[0], *nearby_users(seed, 3)}
+    return getattr(source, "target", None) is aten.add.Tensor and _used_outside(source, norm_nodes)
+
+
+def unmatched_reason(seed: torch.fx.Node) -> str:
+    """Why a candidate norm left in the graph did not fuse, where no pattern says more."""
+    if seed.target is not aten.mean.dim:
+        return _LAYER_NORM_UNMATCHED
+    if any(user.target in (aten.sqrt.default, aten.rsqrt.default) for user in seed.users):
+        return "eps is added outside the root of the mean square (x / (sqrt(mean(x**2)) + eps)): not the RMSNorm the fused op computes"
+    return (
+        "the RMSNorm is not x * rsqrt(mean(x**2) + eps) (or x / sqrt(mean(x**2) + eps)) followed by * (1 + scale) "
+        "(+ shift), or by its weight after a residual sum used later"
+    )
+
+
 _COMMON = dict(
     check=_check,
     cuda_size_rule=_cuda_size_rule,
@@ -656,8 +707,10 @@ ADALN = register_family(
         name="adaln",
         description="norm -> * (1 + scale) + shift (AdaLN modulation, F1)",
         variants=lambda: _variants(residual=False),
-        seed_targets=(torch.ops.aten.var_mean.correction,),
-        unmatched_reason="the norm is not followed by a supported * (1 + scale) + shift",
+        # LayerNorm's var_mean and RMSNorm's mean of squares.
+        seed_targets=(aten.var_mean.correction, aten.mean.dim),
+        seed_filter=is_candidate_norm,
+        unmatched_reason=unmatched_reason,
         **_COMMON,
     )
 )

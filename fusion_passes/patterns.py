@@ -137,7 +137,8 @@ class FusionFamily:
     # the pass is reported as a near miss with the best reason found.
     seed_targets: tuple[Any, ...]
     seed_hops: int
-    unmatched_reason: str
+    # Why a seed left in the graph did not fuse, where no pattern explains it (or a function of the seed).
+    unmatched_reason: str | Callable[[torch.fx.Node], str]
     # The report's name for a fused chain (default: its variant's name).
     describe: Callable[[MatchedChain], str] | None = None
     # Runs on the graph after this family's patterns (e.g. folding casts into fused ops).
@@ -596,7 +597,8 @@ def pattern_pass(family_name: str) -> PatternMatcherPass:
     return patterns
 
 
-def _nearby_users(seed: torch.fx.Node, hops: int) -> list[torch.fx.Node]:
+def nearby_users(seed: torch.fx.Node, hops: int) -> list[torch.fx.Node]:
+    """The nodes reached from ``seed`` through at most ``hops`` uses (``seed`` itself excluded)."""
     seen: dict[torch.fx.Node, None] = {}
     frontier = [seed]
     for _ in range(hops):
@@ -613,7 +615,7 @@ def explain_unfused(family: FusionFamily, graph: torch.fx.Graph, report: GraphRe
         for seed in graph.find_nodes(op="call_function", target=target):
             if family.seed_filter is not None and not family.seed_filter(seed):
                 continue
-            nearby = _nearby_users(seed, family.seed_hops)
+            nearby = nearby_users(seed, family.seed_hops)
             if any(node.name in reported for node in nearby):
                 continue
             # Single-output patterns only: a multi-output one fails on a plain chain for its
@@ -627,8 +629,10 @@ def explain_unfused(family: FusionFamily, graph: torch.fx.Graph, report: GraphRe
             ]
             if any(failure.startswith("multiple_users") for failure in failures):
                 reason = "an intermediate of the chain is also used outside it"
-            else:
+            elif isinstance(family.unmatched_reason, str):
                 reason = family.unmatched_reason
+            else:
+                reason = family.unmatched_reason(seed)
             report.add_near_miss(family.name, None, seed, reason)
 
 

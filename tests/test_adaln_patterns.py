@@ -961,6 +961,30 @@ def test_llm_rms_norm_rounded_to_another_dtype_is_a_near_miss():
         torch.testing.assert_close(out, expected)
 
 
+def test_llm_rms_norm_with_its_normalized_value_used_elsewhere_is_a_near_miss():
+    # The fp32 normalized value is also returned: the chain stays Inductor's, reported at the norm.
+    def chain(residual, x, weight):
+        r = residual + x
+        h = r.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return weight * h.to(r.dtype), r, h
+
+    result = capture(chain, randn(2, 8, 16, dtype=torch.bfloat16), randn(2, 8, 16, dtype=torch.bfloat16), randn(16, dtype=torch.bfloat16))
+    assert result.report.counts() == {}
+    misses = [(miss.fusion, miss.node, miss.reason) for miss in result.report.near_misses]
+    assert misses == [("adaln", "mean", "an intermediate of the chain is also used outside it")], misses
+
+
+def test_training_graph_of_an_rms_adaln_chain_is_a_near_miss():
+    # Backward needs the norm's statistics: an intermediate used outside the chain.
+    def chain(x, scale, shift):
+        return F.rms_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale) + shift
+
+    result = capture(chain, randn(2, 8, 16).requires_grad_(), randn(2, 1, 16), randn(2, 1, 16))
+    assert result.report.counts() == {}
+    assert [miss.reason for miss in result.report.near_misses] == ["an intermediate of the chain is also used outside it"]
+
+
 def test_norm_weight_without_modulation_is_not_a_candidate():
     # An RMSNorm with weight (q/k norm before RoPE) structurally looks like "norm * scale": not
     # fused, and not reported either.
@@ -1006,6 +1030,20 @@ def plain_chain(x, scale, shift):
     return F.layer_norm(x, x.shape[-1:]) * (1 + scale) + shift
 
 
+def rms_normalized_value_used_elsewhere(x, scale, shift):
+    normalized = F.rms_norm(x, x.shape[-1:])
+    return normalized * (1 + scale) + shift, normalized
+
+
+def rms_divided_by_root_used_elsewhere(x, scale, shift):
+    normalized = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+    return normalized * (1 + scale) + shift, normalized
+
+
+def eps_outside_the_root(x, scale, shift):
+    return x / (x.pow(2).mean(-1, keepdim=True).sqrt() + 1e-6) * (1 + scale) + shift
+
+
 NEAR_MISSES = {
     "norm over two dims": (norm_over_two_dims, [(2, 8, 16), (2, 1, 16), (2, 1, 16)], torch.float32, "not followed"),
     "normalized value used elsewhere": (
@@ -1013,6 +1051,24 @@ NEAR_MISSES = {
         [(2, 8, 16), (2, 1, 16), (2, 1, 16)],
         torch.float32,
         "also used outside",
+    ),
+    "RMSNorm value used elsewhere": (
+        rms_normalized_value_used_elsewhere,
+        [(2, 8, 16), (2, 1, 16), (2, 1, 16)],
+        torch.float32,
+        "also used outside",
+    ),
+    "RMSNorm divided by its root, value used elsewhere": (
+        rms_divided_by_root_used_elsewhere,
+        [(2, 8, 16), (2, 1, 16), (2, 1, 16)],
+        torch.float32,
+        "also used outside",
+    ),
+    "eps outside the root": (
+        eps_outside_the_root,
+        [(2, 8, 16), (2, 1, 16), (2, 1, 16)],
+        torch.float32,
+        "eps is added outside the root of the mean square",
     ),
     "scale without +1": (scale_without_one, [(2, 8, 16), (2, 1, 16), (2, 1, 16)], torch.float32, "not 1 + scale"),
     "2 + scale": (two_plus_scale, [(2, 8, 16), (2, 1, 16), (2, 1, 16)], torch.float32, "not 1 + scale"),
