@@ -356,9 +356,13 @@ def _selected(operand: Operand | None, select: torch.fx.Node | None) -> tuple[Op
 
 
 def _is_weighted_residual_norm(chain: MatchedChain) -> bool:
-    """Whether ``chain`` is a residual sum used later, normalized and multiplied by a weight alone."""
+    """Whether ``chain`` is a residual sum used later, RMS-normalized and multiplied by a weight alone.
+
+    LayerNorm is left out: after a residual sum it has a bias too (a DiT's unmodulated
+    cross-attention norm), which this chain would leave outside the fused op.
+    """
     facts = chain.variant.facts
-    if facts["residual"] is None or facts["pair"] or chain.nodes.get("shift") is not None:
+    if facts["norm"] != "rms" or facts["residual"] is None or facts["pair"] or chain.nodes.get("shift") is not None:
         return False
     return _used_outside(chain.outputs[1], set(chain.match.nodes))
 

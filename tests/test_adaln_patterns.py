@@ -945,6 +945,19 @@ def test_llm_rms_norm_of_a_sum_used_only_there_is_not_a_candidate():
     assert result.report.near_misses == []
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_affine_layer_norm_of_a_residual_sum_is_left_to_inductor(dtype):
+    # A DiT's unmodulated cross-attention norm after its residual (diffusers' FP32LayerNorm): its
+    # weight alone is no chain of ours (the bias would stay outside); reported as any unmodulated LayerNorm.
+    def chain(residual, x, weight, bias):
+        r = residual + x
+        return F.layer_norm(r.float(), r.shape[-1:], weight.float(), bias.float(), 1e-6).to(r.dtype), r
+
+    result = capture(chain, randn(2, 8, 16, dtype=dtype), randn(2, 8, 16, dtype=dtype), randn(16, dtype=dtype), randn(16, dtype=dtype))
+    assert result.report.counts() == {}
+    assert [miss.reason for miss in result.report.near_misses] == ["the norm is not followed by a supported * (1 + scale) + shift"]
+
+
 def test_llm_rms_norm_rounded_to_another_dtype_is_a_near_miss():
     # r is bf16, the normalized value rounded to fp16 before an fp16 weight: the op rounds only to r's dtype.
     def chain(residual, x, weight):
