@@ -643,7 +643,8 @@ _LAYER_NORM_UNMATCHED = "the norm is not followed by a supported * (1 + scale) +
 
 def _is_rms_statistic(node: torch.fx.Node) -> bool:
     """Whether ``node`` is ``mean(x * x)`` over the last dim, dims kept: an RMSNorm's statistic."""
-    if node.target is not aten.mean.dim or list(node.args[1]) != [-1]:
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if node.target is not aten.mean.dim or not isinstance(dims, (list, tuple)) or list(dims) != [-1]:
         return False
     keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
     square = node.args[0]
@@ -680,7 +681,7 @@ def unmatched_reason(seed: torch.fx.Node) -> str:
     if any(user.target in (aten.sqrt.default, aten.rsqrt.default) for user in seed.users):
         return "eps is added outside the root of the mean square (x / (sqrt(mean(x**2)) + eps)): not the RMSNorm the fused op computes"
     return (
-        "the RMSNorm is not x * rsqrt(mean(x**2) + eps) (or x / sqrt(mean(x**2) + eps)) followed by * (1 + scale) "
+        "the RMSNorm is not spelled x * rsqrt(x.pow(2).mean(-1) + eps) (or x / sqrt(...)) followed by * (1 + scale) "
         "(+ shift), or by its weight after a residual sum used later"
     )
 

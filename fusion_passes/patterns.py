@@ -459,8 +459,8 @@ def generalize(pattern: PatternExpr, scalars: Sequence[str] = ("eps",)) -> Patte
 
 def _or_divided_by_root(expr: CallFunction, product: Commutative, rebuilt: Callable[[Any], Any]) -> PatternExpr:
     # A norm's ``a * rsqrt(v)`` may be written ``a / sqrt(v)``. Both round twice in fp32 (the root,
-    # then the product or quotient): they differ by at most two fp32 ulps, which a half-precision
-    # rounding after them turns into one half ulp in about one value in 10^5; the fused ops
+    # then the product or quotient): they differ by at most two fp32 ulps, which a rounding to
+    # bf16 after them turns into a one-ulp difference in about one value in 10^5; the fused ops
     # compute rsqrt.
     roots = [i for i, arg in enumerate(expr.args) if isinstance(arg, CallFunction) and arg.fns == [aten.rsqrt.default]]
     if expr.fns != [aten.mul.Tensor] or len(roots) != 1:

@@ -988,6 +988,18 @@ def test_llm_rms_norm_with_its_normalized_value_used_elsewhere_is_a_near_miss():
     assert misses == [("adaln", "mean", "an intermediate of the chain is also used outside it")], misses
 
 
+def test_other_means_of_squares_are_not_candidates():
+    # A mean over every dim (dim=None) or over two dims is no RMSNorm over the last dim: no near
+    # miss, and the seed check reads dim=None without failing.
+    def chain(x, scale, shift):
+        whole = x * torch.rsqrt(torch.mean(x * x, dim=None, keepdim=True) + 1e-6) * (1 + scale) + shift
+        return whole, x.pow(2).mean(dim=(-2, -1), keepdim=True)
+
+    result = capture(chain, randn(2, 8, 16), randn(2, 1, 16), randn(2, 1, 16))
+    assert result.report.counts() == {}
+    assert result.report.near_misses == []
+
+
 def test_training_graph_of_an_rms_adaln_chain_is_a_near_miss():
     # Backward needs the norm's statistics: an intermediate used outside the chain.
     def chain(x, scale, shift):
