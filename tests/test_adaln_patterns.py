@@ -1205,7 +1205,7 @@ def test_dynamic_shapes_that_broadcast_x_up_do_not_fuse():
 
 def fake_chain(x, *, producer=None, residual=False, select=False, weight_only=False):
     """A MatchedChain over fake CUDA tensors: what the size rule sees of a real match (``weight_only``:
-    the norm multiplied by a [C] weight, no shift)."""
+    an RMSNorm multiplied by a [C] weight, no shift)."""
     graph = torch.fx.Graph()
 
     def node(name, value, target=None):
@@ -1238,7 +1238,8 @@ def fake_chain(x, *, producer=None, residual=False, select=False, weight_only=Fa
         outputs_.append(node("r", x, torch.ops.aten.add.Tensor))
         graph.call_function(torch.ops.aten.relu.default, (outputs_[1],))  # r used after the chain
     match = types.SimpleNamespace(kwargs=nodes, nodes=[y], output_nodes=lambda: outputs_)
-    variant = types.SimpleNamespace(facts=dict(norm="layer", rounding="none", residual="gated" if residual else None, pair=False))
+    norm = "rms" if weight_only else "layer"
+    variant = types.SimpleNamespace(facts=dict(norm=norm, rounding="none", residual="gated" if residual else None, pair=False))
     return fusion_passes.patterns.MatchedChain(match=match, variant=variant)
 
 
