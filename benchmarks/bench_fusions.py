@@ -114,6 +114,15 @@ def residual_adaln_fp32_form(residual: torch.Tensor, x: torch.Tensor, emb: torch
     return r, (F.layer_norm(r.float(), r.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]).type_as(r)
 
 
+def residual_rms_norm(residual: torch.Tensor, x: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An LLM's residual add and RMSNorm (transformers' LlamaRMSNorm, weight from ``emb``): both returned."""
+    weight = emb[0, : x.shape[-1]]
+    r = residual + x
+    h = r.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+    return r, weight * h.to(r.dtype)
+
+
 def chosen_modulation(index: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Qwen-Image edit's choice: (shift, scale, gate) of set 0 where ``index == 0``, else of set 1."""
     sets = emb.chunk(2, dim=0)
@@ -200,6 +209,7 @@ CASES = {
     "F1 fp32 form": Case("F1 fp32 form (Wan)", adaln_f1_fp32_form, None, n_activations=1, n_outputs=1),
     "F2": Case("F2 res+g*x -> F1", residual_adaln, None, n_activations=2, n_outputs=2, n_modulations=3),
     "F2 fp32 form": Case("F2 fp32 form (Wan)", residual_adaln_fp32_form, None, n_activations=2, n_outputs=2, n_modulations=3),
+    "F2 rms weight": Case("F2 res+x -> RMS*weight (LLM)", residual_rms_norm, None, n_activations=2, n_outputs=2, n_modulations=0),
     "F3": Case("F3 select01 F1", select01_adaln, select01_adaln_kernel, n_activations=1, n_outputs=1, select01=True),
     "F3+F2": Case("F3 select01 F2", select01_residual_adaln, None, n_activations=2, n_outputs=2, n_modulations=3, select01=True),
     "F1 after add": Case("F1 on a + b", adaln_f1_after_add, None, n_activations=2, n_outputs=1),
@@ -390,6 +400,8 @@ F2_SHAPES = [
 # The other variants at the SPEC.md shapes, plus a small one.
 VARIANTS = ("F1 rms", "F1 fp32 form", "F2 fp32 form", "F3", "F3+F2", "F1 pair")
 VARIANT_SHAPES = [(1, 4096, 3072), (1, 32760, 1536), (1, 256, 3072)]
+# LLM hidden sizes, prefill to short chunks (the weight is read once: not counted in the floor).
+LLM_SHAPES = [(1, 8192, 4096), (1, 4096, 4096), (1, 1024, 4096), (1, 256, 4096), (1, 4096, 2048), (1, 4096, 5120), (1, 4096, 8192)]
 # F1 on a sum used only there: the size rule refuses it at every size; these check that it should.
 AFTER_ADD_SHAPES = [(1, 1024, 3072), (1, 4096, 3072), (2, 4096, 3072), (1, 32760, 1536)]
 SWEEP_SHAPES = [(1, 4096, 3072), (1, 32760, 1536)]
@@ -404,6 +416,7 @@ def main() -> None:
     parser.add_argument(
         "--f1-shapes", default=None, help="only these F1 shapes, e.g. 1x4096x2048,2x4096x2048 (no F2 cases)"
     )
+    parser.add_argument("--cases", default="", help="only these cases at their shapes, e.g. 'F2 rms weight,F2'")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_fusions.py needs a CUDA GPU")
@@ -421,6 +434,13 @@ def main() -> None:
     if not args.f1_shapes:
         plan += [(CASES[name], shape) for name in VARIANTS for shape in VARIANT_SHAPES]
         plan += [(CASES["F1 after add"], shape) for shape in AFTER_ADD_SHAPES]
+        plan += [(CASES["F2 rms weight"], shape) for shape in LLM_SHAPES]
+    if args.cases:
+        names = args.cases.split(",")
+        unknown = sorted(set(names) - set(CASES))
+        if unknown:
+            raise SystemExit(f"--cases: unknown {unknown}, expected names from {sorted(CASES)}")
+        plan = [(case, shape) for case, shape in plan if case in {CASES[name] for name in names}]
     rows = []
     for case, shape in [] if args.sweep_only else plan:
         rows.append(bench(case, shape, bandwidth, dtype))

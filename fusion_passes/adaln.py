@@ -2,7 +2,9 @@
 
 - ``adaln`` (F1): ``N(x) * (1 + scale) + shift`` -> ``fusion_passes::norm_modulate``.
 - ``residual_adaln`` (F2): ``r = residual + gate * x``, then F1 on ``r``, where ``r`` is also used
-  later -> ``fusion_passes::residual_norm_modulate`` returning both. Applied before ``adaln``.
+  later -> ``fusion_passes::residual_norm_modulate`` returning both. Applied before ``adaln``. An
+  LLM's residual add and RMSNorm (``weight * norm(r).to(r.dtype)``, no modulation) is the same
+  chain with the weight as a bare multiplier.
 - One norm feeding two modulations (SD3.5's dual AdaLN) -> ``fusion_passes::norm_modulate_pair``
   (part of ``adaln``): x read once, both outputs written.
 - F3 (select01) is not a pattern: where a modulation operand is ``torch.where(cond, a, b)`` with
@@ -49,6 +51,7 @@ from fusion_passes.patterns import (
     hinted,
     is_pointwise,
     is_transparent,
+    nearby_users,
     register_family,
     substitute,
     traced_pattern,
@@ -66,7 +69,8 @@ _CONVERT = torch.ops.prims.convert_element_type.default
 # fusion saves). When F1's x comes from a pointwise op used only there (a residual add), Inductor
 # fuses that op into its own norm kernel; replacing the norm splits it off, measured 0.74-0.91x
 # on an H100 at every size: left to Inductor. A residual sum with a per-row selection (F3) fused
-# whole measured 1.00x: left to Inductor as well.
+# whole measured 1.00x: left to Inductor as well. So is an LLM's residual add and RMSNorm with its
+# weight alone (no modulation): 0.95-0.98x of Inductor alone on an H200 (docs/BENCHMARKS.md run J).
 MIN_CUDA_HIDDEN = 1152
 MAX_CUDA_HIDDEN = 8192
 MIN_CUDA_ELEMENTS = 1 << 20
@@ -277,9 +281,16 @@ class Plan:
     shift2: tuple[Operand, ...] = ()
     out_dtype2: torch.dtype | None = None
 
-    def describe(self) -> str:
-        """What the report says beyond the variant name."""
-        return " +select01" if self.select is not None else ""
+    @property
+    def multiplied_by_weight(self) -> bool:
+        """Whether the norm is multiplied by a tensor the same for every row (its weight), not by ``1 + scale``."""
+        return not self.scale_plus_one and isinstance(self.scale[0], torch.fx.Node)
+
+    def describe(self, variant_name: str) -> str:
+        """The report's name of the fused chain, from its variant's name."""
+        if self.multiplied_by_weight:
+            variant_name = variant_name.removesuffix("*(1+scale)") + "*weight"
+        return variant_name + (" +select01" if self.select is not None else "")
 
 
 def _used_outside(node: torch.fx.Node, inside: set[torch.fx.Node]) -> bool:
@@ -345,6 +356,18 @@ def _selected(operand: Operand | None, select: torch.fx.Node | None) -> tuple[Op
     return (operand, operand) if select is not None else (operand,)
 
 
+def _is_weighted_residual_norm(chain: MatchedChain) -> bool:
+    """Whether ``chain`` is a residual sum used later, RMS-normalized and multiplied by a weight alone.
+
+    LayerNorm is left out: after a residual sum it has a bias too (a DiT's unmodulated
+    cross-attention norm), which this chain would leave outside the fused op.
+    """
+    facts = chain.variant.facts
+    if facts["norm"] != "rms" or facts["residual"] is None or facts["pair"] or chain.nodes.get("shift") is not None:
+        return False
+    return _used_outside(chain.outputs[1], set(chain.match.nodes))
+
+
 def plan(chain: MatchedChain) -> Plan | str:
     """The fused call for ``chain``, or why it cannot be fused (before shape and size rules)."""
     return chain.cached("plan", lambda: _plan(chain))
@@ -365,10 +388,15 @@ def _plan(chain: MatchedChain) -> Plan | str:
         (scale, scale_views), scale_plus_one = split, True
     else:
         reason = f"the norm is multiplied by {describe_value(multiplier)}, which is not 1 + scale"
-        if sum(size != 1 for size in chain.value("multiplier").shape[:-1]) == 0:
-            # The same over all rows: a norm's own weight (an RMSNorm before RoPE), not AdaLN.
+        if sum(size != 1 for size in chain.value("multiplier").shape[:-1]) != 0:
+            return reason
+        # The same over all rows: the norm's own weight. Alone (an RMSNorm before RoPE, an LLM's
+        # final norm) it is not AdaLN; after a residual sum used later (an LLM's residual add and
+        # RMSNorm, ``weight * norm(r).to(r.dtype)``) the fused op computes both, the weight as a
+        # bare multiplier after the norm's rounding: no modulation.
+        if not _is_weighted_residual_norm(chain):
             return NotACandidate(reason)
-        return reason
+        scale, scale_views, scale_plus_one = multiplier, (), False
     second: dict[str, Any] = {}
     if facts["pair"]:
         split2 = None if is_number(nodes["multiplier2"]) else _split_multiplier(nodes["multiplier2"])
@@ -491,7 +519,7 @@ def _check(chain: MatchedChain) -> str | None:
 
 def _describe(chain: MatchedChain) -> str:
     plan_ = plan(chain)
-    return chain.variant.name + (plan_.describe() if isinstance(plan_, Plan) else "")
+    return plan_.describe(chain.variant.name) if isinstance(plan_, Plan) else chain.variant.name
 
 
 def _cuda_size_rule(chain: MatchedChain) -> str | None:
@@ -511,6 +539,8 @@ def _cuda_size_rule(chain: MatchedChain) -> str | None:
         return "x comes from a pointwise op that Inductor fuses into its own norm; splitting it off was measured slower on CUDA"
     if plan_.select is not None and plan_.residual is not None:
         return "a residual sum with a per-row modulation choice (select01) was not measured faster than Inductor on CUDA"
+    if plan_.multiplied_by_weight:
+        return "a residual sum's RMSNorm with its weight alone (no modulation) was measured slower than Inductor on CUDA (0.95-0.98x)"
     if x.numel() < MIN_CUDA_ELEMENTS:
         return f"x has {x.numel()} elements, below the measured CUDA break-even {MIN_CUDA_ELEMENTS}"
     return None
@@ -606,6 +636,57 @@ def fold_output_casts(graph: torch.fx.Graph) -> None:
                 graph.erase_node(cast)
 
 
+# Uses from an RMSNorm's statistic to its modulation: the eps add, the root, the product, a
+# downcast, a weight and its downcast, then ``* (1 + scale)``.
+_RMS_CHAIN_HOPS = 8
+_LAYER_NORM_UNMATCHED = "the norm is not followed by a supported * (1 + scale) + shift"
+
+
+def _is_rms_statistic(node: torch.fx.Node) -> bool:
+    """Whether ``node`` is ``mean(x * x)`` over the last dim, dims kept: an RMSNorm's statistic."""
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if node.target is not aten.mean.dim or not isinstance(dims, (list, tuple)) or list(dims) != [-1]:
+        return False
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    square = node.args[0]
+    if not keepdim or not isinstance(square, torch.fx.Node):
+        return False
+    if square.target is aten.pow.Tensor_Scalar:
+        return square.args[1] == 2
+    return square.target is aten.mul.Tensor and square.args[0] is square.args[1]
+
+
+def is_candidate_norm(seed: torch.fx.Node) -> bool:
+    """Whether a norm's statistic marks an AdaLN candidate: every LayerNorm, and an RMSNorm that is
+    multiplied by ``1 + scale`` or normalizes a residual sum used later (a plain RMSNorm, such as a
+    q/k norm or an LLM's final norm, is not one)."""
+    if seed.target is not aten.mean.dim:
+        return True
+    if not _is_rms_statistic(seed):
+        return False
+    nearby = nearby_users(seed, _RMS_CHAIN_HOPS)
+    if any(node.target is aten.mul.Tensor and any(_split_multiplier(arg) for arg in node.args) for node in nearby):
+        return True
+    source = seed.args[0].args[0]
+    while is_transparent(source):
+        source = source.args[0]
+    # The norm reads its input in the square and in the product (or quotient) by the root.
+    norm_nodes = {seed.args[0], *nearby_users(seed, 3)}
+    return getattr(source, "target", None) is aten.add.Tensor and _used_outside(source, norm_nodes)
+
+
+def unmatched_reason(seed: torch.fx.Node) -> str:
+    """Why a candidate norm left in the graph did not fuse, where no pattern says more."""
+    if seed.target is not aten.mean.dim:
+        return _LAYER_NORM_UNMATCHED
+    if any(user.target in (aten.sqrt.default, aten.rsqrt.default) for user in seed.users):
+        return "eps is added outside the root of the mean square (x / (sqrt(mean(x**2)) + eps)): not the RMSNorm the fused op computes"
+    return (
+        "the RMSNorm is not spelled x * rsqrt(x.pow(2).mean(-1) + eps) (or x / sqrt(...)) followed by * (1 + scale) "
+        "(+ shift), or by its weight after a residual sum used later"
+    )
+
+
 _COMMON = dict(
     check=_check,
     cuda_size_rule=_cuda_size_rule,
@@ -632,8 +713,10 @@ ADALN = register_family(
         name="adaln",
         description="norm -> * (1 + scale) + shift (AdaLN modulation, F1)",
         variants=lambda: _variants(residual=False),
-        seed_targets=(torch.ops.aten.var_mean.correction,),
-        unmatched_reason="the norm is not followed by a supported * (1 + scale) + shift",
+        # LayerNorm's var_mean and RMSNorm's mean of squares.
+        seed_targets=(aten.var_mean.correction, aten.mean.dim),
+        seed_filter=is_candidate_norm,
+        unmatched_reason=unmatched_reason,
         **_COMMON,
     )
 )

@@ -12,9 +12,10 @@ transpose back stays a view).
 The patterns are generated from one description: the convolution and its slice (every int
 argument a wildcard: the check reads them from the graph), then the activation (none or SiLU,
 traced as the torch in use decomposes it) on the convolution's value or on its upcast to fp32,
-then an optional downcast. The check accepts only the causal depthwise form: stride 1, no
-dilation, ``groups == C`` with one input channel per group, padding ``K - 1`` and a slice
-``[0, L)`` of the last dim; anything else is a near miss with the reason.
+directly or after the transpose back to token-major, then an optional downcast. The check
+accepts only the causal depthwise form: stride 1, no dilation, ``groups == C`` with one input
+channel per group, padding ``K - 1`` and a slice ``[0, L)`` of the last dim; anything else is a
+near miss with the reason.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from fusion_passes.kernels import conv1d as conv1d_kernels
 from fusion_passes.patterns import (
     FusionFamily,
     MatchedChain,
+    OneOf,
     PatternVariant,
     StrictCall,
     Transparent,
@@ -83,15 +85,24 @@ def _activation(form: ConvForm) -> tuple[PatternExpr, int]:
 
 @functools.cache
 def _pattern(form: ConvForm) -> PatternExpr:
-    """conv -> slice -> activation -> optional downcast; operands behind optional exact upcasts."""
+    """conv -> slice -> [transpose] -> activation -> optional downcast; operands behind optional exact upcasts."""
     activation, uses = _activation(form)
     # convolution(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
     convolution = StrictCall(
         aten.convolution.default,
         Transparent(KeywordArg("x")), Transparent(KeywordArg("weight")), KeywordArg("bias"), *(Ignored() for _ in range(6)),
     )
-    sliced = StrictCall(aten.slice.Tensor, convolution, Ignored(), Ignored(), Ignored(), _users=max(uses, 1))
-    pattern = sliced if form.activation == "none" and not form.upcast else substitute(activation, {"conv": sliced})
+
+    def cut(users: int) -> PatternExpr:
+        return StrictCall(aten.slice.Tensor, convolution, Ignored(), Ignored(), Ignored(), _users=users)
+
+    if form.activation == "none" and not form.upcast:
+        pattern = cut(max(uses, 1))
+    else:
+        # The activation may read the cut conv through the transpose back to token-major [B, L, C]:
+        # it is pointwise, so the op applies it and its output is transposed the same way.
+        transposed = StrictCall(aten.permute.default, cut(1), Ignored(), _users=uses)
+        pattern = substitute(activation, {"conv": OneOf(cut(uses), transposed)})
     if form.downcast:
         # The traced activation's root was an output (no users counted); here the cast uses it once.
         pattern.users = 1
@@ -118,6 +129,8 @@ class Plan:
     activation: str
     conv_dtype: torch.dtype
     out_dtype: torch.dtype
+    # The dims of the transpose between the cut conv and its activation, replayed on the op's output.
+    transpose: tuple[int, ...] | None = None
 
 
 def _node(chain: MatchedChain, target: Any) -> torch.fx.Node:
@@ -186,9 +199,11 @@ def _plan(chain: MatchedChain) -> Plan | str:
     output = chain.outputs[0].meta["val"]
     if form.downcast and output.dtype not in conv1d_kernels.SUPPORTED_DTYPES:
         return f"the result is cast to {output.dtype}, not one of {sorted(map(str, conv1d_kernels.SUPPORTED_DTYPES))}"
+    transposes = [node for node in chain.match.nodes if node.target is aten.permute.default]
     return Plan(
         x=chain.nodes["x"], weight=chain.nodes["weight"], bias=bias_node,
         activation=form.activation, conv_dtype=sliced.meta["val"].dtype, out_dtype=output.dtype,
+        transpose=tuple(transposes[0].args[1]) if transposes else None,
     )
 
 
@@ -246,9 +261,10 @@ def _replacement(chain: MatchedChain) -> tuple[Callable[..., Any], list[Any]]:
     nodes = [plan_.x, plan_.weight] + ([plan_.bias] if plan_.bias is not None else [])
 
     def fused(x: torch.Tensor, weight: torch.Tensor, *bias: torch.Tensor) -> torch.Tensor:
-        return torch.ops.fusion_passes.causal_conv1d(
+        out = torch.ops.fusion_passes.causal_conv1d(
             x, weight[:, 0, :], bias[0] if bias else None, plan_.activation, plan_.conv_dtype, plan_.out_dtype
         )
+        return out if plan_.transpose is None else out.permute(plan_.transpose)
 
     return fused, nodes
 

@@ -138,7 +138,8 @@ class FusionFamily:
     # the pass is reported as a near miss with the best reason found.
     seed_targets: tuple[Any, ...]
     seed_hops: int
-    unmatched_reason: str
+    # Why a seed left in the graph did not fuse, where no pattern explains it (or a function of the seed).
+    unmatched_reason: str | Callable[[torch.fx.Node], str]
     # The report's name for a fused chain (default: its variant's name).
     describe: Callable[[MatchedChain], str] | None = None
     # Runs on the graph after this family's patterns (e.g. folding casts into fused ops).
@@ -378,6 +379,36 @@ class DistinctFrom(PatternExpr):
         return f"DistinctFrom({self.child!r})"
 
 
+class OneOf(PatternExpr):
+    """The first of ``alternatives`` that matches: spellings of one value that differ in structure
+    (``x * rsqrt(v)`` or ``x / sqrt(v)``; a value read as it is or through a transpose)."""
+
+    def __init__(self, *alternatives: PatternExpr) -> None:
+        super().__init__()
+        self.alternatives = alternatives
+
+    def _match(self, node: torch.fx.Node, ctx: MatchContext) -> MatchResult:
+        before = dict(ctx.pattern_to_node)
+        failures = []
+        for alternative in self.alternatives:
+            ctx.pattern_to_node = dict(before)
+            result = ctx.match(alternative, node)
+            if is_match(result):
+                return _wrapped(self, ctx, result)
+            failures.append(result)
+        ctx.pattern_to_node = before
+        # An intermediate used elsewhere is the most useful failure to explain (as in Commutative).
+        return next((f for f in failures if getattr(f, "format_string", "").startswith("multiple_users")), failures[0])
+
+    def find_anchor_nodes(self, ctx: MatchContext, searched: Any) -> Iterator[torch.fx.Node | None]:
+        """Where any alternative could match."""
+        for alternative in self.alternatives:
+            yield from alternative.find_anchor_nodes(ctx, searched)
+
+    def __repr__(self) -> str:
+        return f"OneOf({', '.join(map(repr, self.alternatives))})"
+
+
 class NotACandidate(str):
     """A check's reason that means "not this family's chain at all": no near miss is reported."""
 
@@ -393,6 +424,7 @@ def generalize(pattern: PatternExpr, scalars: Sequence[str] = ("eps",)) -> Patte
     - ``add``/``mul`` of two tensors match in either operand order; a computed operand of them, or
       of a downcast, also behind a clone;
     - an eps add matches ``add.Tensor`` (hand-written norms) and ``add.Scalar`` (``F.rms_norm``);
+    - ``a * rsqrt(v)`` also matches ``a / sqrt(v)`` (equal within two fp32 ulps);
     - an upcast to float32 may be absent (fp32 graphs), and every input may sit behind upcasts
       and clones (``Transparent``, at each use separately);
     - a downcast matches any target dtype (bf16 or fp16); family checks verify which;
@@ -415,7 +447,7 @@ def generalize(pattern: PatternExpr, scalars: Sequence[str] = ("eps",)) -> Patte
         if len(expr.fns) == 1 and expr.fns[0] in _COMMUTATIVE and len(args) == 2 and not expr.kwargs:
             if all(isinstance(arg, PatternExpr) and arg.__class__ is not KeywordArg for arg in args):
                 args = [_maybe_cloned(arg) for arg in args]
-                return Commutative(expr.fns, *args, _users=expr.users)
+                return _or_divided_by_root(expr, Commutative(expr.fns, *args, _users=expr.users), rebuilt)
             if expr.fns[0] is aten.add.Tensor:
                 return StrictCall(_ADD_SCALAR_FORMS, *args, _users=expr.users)
         if expr.fns == [aten.add.Scalar]:
@@ -424,6 +456,19 @@ def generalize(pattern: PatternExpr, scalars: Sequence[str] = ("eps",)) -> Patte
         return StrictCall(expr.fns, *args, _users=expr.users, **kwargs)
 
     return _rebuild(pattern, widen)
+
+
+def _or_divided_by_root(expr: CallFunction, product: Commutative, rebuilt: Callable[[Any], Any]) -> PatternExpr:
+    # A norm's ``a * rsqrt(v)`` may be written ``a / sqrt(v)``. Both round twice in fp32 (the root,
+    # then the product or quotient): they differ by at most two fp32 ulps, which a rounding to
+    # bf16 after them turns into a one-ulp difference in about one value in 10^5; the fused ops
+    # compute rsqrt.
+    roots = [i for i, arg in enumerate(expr.args) if isinstance(arg, CallFunction) and arg.fns == [aten.rsqrt.default]]
+    if expr.fns != [aten.mul.Tensor] or len(roots) != 1:
+        return product
+    root = expr.args[roots[0]]
+    square_root = StrictCall(aten.sqrt.default, rebuilt(root.args[0]), _users=root.users)
+    return OneOf(product, StrictCall(aten.div.Tensor, product.args[1 - roots[0]], square_root, _users=expr.users))
 
 
 def _maybe_cloned(arg: Any) -> Any:
@@ -469,6 +514,8 @@ def _copy(expr: PatternExpr, rebuilt: Callable[[Any], Any]) -> PatternExpr:
         return OptionalCast(rebuilt(expr.child))
     if isinstance(expr, OptionalClone):
         return OptionalClone(rebuilt(expr.child))
+    if isinstance(expr, OneOf):
+        return OneOf(*[rebuilt(alternative) for alternative in expr.alternatives])
     return expr
 
 
@@ -555,7 +602,8 @@ def pattern_pass(family_name: str) -> PatternMatcherPass:
     return patterns
 
 
-def _nearby_users(seed: torch.fx.Node, hops: int) -> list[torch.fx.Node]:
+def nearby_users(seed: torch.fx.Node, hops: int) -> list[torch.fx.Node]:
+    """The nodes reached from ``seed`` through at most ``hops`` uses (``seed`` itself excluded)."""
     seen: dict[torch.fx.Node, None] = {}
     frontier = [seed]
     for _ in range(hops):
@@ -573,7 +621,7 @@ def explain_unfused(family: FusionFamily, graph: torch.fx.Graph, report: GraphRe
         for seed in graph.find_nodes(op="call_function", target=target):
             if family.seed_filter is not None and not family.seed_filter(seed):
                 continue
-            nearby = _nearby_users(seed, family.seed_hops)
+            nearby = nearby_users(seed, family.seed_hops)
             if any(node.name in reported for node in nearby):
                 continue
             # Single-output patterns only: a multi-output one fails on a plain chain for its
@@ -585,9 +633,12 @@ def explain_unfused(family: FusionFamily, graph: torch.fx.Graph, report: GraphRe
                 if not isinstance(entry.pattern, MultiOutputPattern)
                 and not is_match(result := entry.pattern.match(node))
             ]
-            reason = family.unmatched_reason
             if any(failure.startswith("multiple_users") for failure in failures):
                 reason = _shared_intermediate_reason(sorted({seed, *nearby}, key=order.__getitem__))
+            elif isinstance(family.unmatched_reason, str):
+                reason = family.unmatched_reason
+            else:
+                reason = family.unmatched_reason(seed)
             report.add_near_miss(family.name, None, seed, reason)
 
 

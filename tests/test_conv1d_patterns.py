@@ -35,6 +35,13 @@ def channel_last_conv(x_blc: torch.Tensor, weight: torch.Tensor) -> torch.Tensor
     return out.transpose(1, 2)
 
 
+def silu_after_transpose_back(x_blc: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Token-major activations, the SiLU applied after the transpose back: ``F.silu(conv(x.transpose(1, 2))[..., :L].transpose(1, 2))``."""
+    x = x_blc.transpose(1, 2)
+    out = F.conv1d(x, weight[:, None, :], None, padding=weight.shape[-1] - 1, groups=x.shape[1])[..., : x.shape[-1]]
+    return F.silu(out.transpose(1, 2))
+
+
 class MambaStyleMixer(torch.nn.Module):
     """An ``nn.Conv1d(C, C, K, groups=C, padding=K - 1)`` module cut to L, then SiLU (Mamba-style blocks)."""
 
@@ -184,6 +191,50 @@ class <lambda>(torch.nn.Module):
         return (permute_1,)
 """)
 
+    def test_channel_last_silu_after_transpose_back(self) -> None:
+        """SiLU after the transpose back to [B, L, C]: absorbed into the op (pointwise, so it commutes with the transpose), which is then transposed the same way."""
+        result = self.check(silu_after_transpose_back, [randn(B, L, C), randn(C, 4)], torch.float32,
+                            ["conv1d+silu [channel-last, K=4]"])
+        self.assertExpectedInline(result.before, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "f32[2, 12, 8]", arg1_1: "f32[8, 4]"):
+        permute: "f32[2, 8, 12]" = torch.ops.aten.permute.default(arg0_1, [0, 2, 1])
+        unsqueeze: "f32[8, 1, 4]" = torch.ops.aten.unsqueeze.default(arg1_1, 1)
+        convolution: "f32[2, 8, 15]" = torch.ops.aten.convolution.default(permute, unsqueeze, None, [1], [3], [1], False, [0], 8)
+        slice_1: "f32[2, 8, 12]" = torch.ops.aten.slice.Tensor(convolution, 2, 0, 12)
+        permute_1: "f32[2, 12, 8]" = torch.ops.aten.permute.default(slice_1, [0, 2, 1])
+        neg: "f32[2, 12, 8]" = torch.ops.aten.neg.default(permute_1)
+        exp: "f32[2, 12, 8]" = torch.ops.aten.exp.default(neg)
+        add: "f32[2, 12, 8]" = torch.ops.aten.add.Tensor(exp, 1)
+        div: "f32[2, 12, 8]" = torch.ops.aten.div.Tensor(permute_1, add)
+        return (div,)
+""")
+        self.assertExpectedInline(result.after, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "f32[2, 12, 8]", arg1_1: "f32[8, 4]"):
+        permute: "f32[2, 8, 12]" = torch.ops.aten.permute.default(arg0_1, [0, 2, 1])
+        unsqueeze: "f32[8, 1, 4]" = torch.ops.aten.unsqueeze.default(arg1_1, 1)
+        select_int: "f32[8, 4]" = torch.ops.aten.select.int(unsqueeze, 1, 0)
+        causal_conv1d_default: "f32[2, 8, 12]" = torch.ops.fusion_passes.causal_conv1d.default(permute, select_int, None, 'silu', torch.float32, torch.float32)
+        permute_default: "f32[2, 12, 8]" = torch.ops.aten.permute.default(causal_conv1d_default, [0, 2, 1])
+        return (permute_default,)
+""")
+
+    def test_channel_last_silu_after_transpose_back_bf16(self) -> None:
+        """bf16: the SiLU runs on the upcast of the transposed bf16 conv and is cast back; the op rounds before SiLU, as the graph does."""
+        result = self.check(silu_after_transpose_back, [randn(B, L, C, dtype=BF16), randn(C, 4, dtype=BF16)], BF16,
+                            ["conv1d+silu/upcast->cast [channel-last, K=4]"])
+        self.assertExpectedInline(result.after, """\
+class <lambda>(torch.nn.Module):
+    def forward(self, arg0_1: "bf16[2, 12, 8]", arg1_1: "bf16[8, 4]"):
+        permute: "bf16[2, 8, 12]" = torch.ops.aten.permute.default(arg0_1, [0, 2, 1])
+        unsqueeze: "bf16[8, 1, 4]" = torch.ops.aten.unsqueeze.default(arg1_1, 1)
+        select_int: "bf16[8, 4]" = torch.ops.aten.select.int(unsqueeze, 1, 0)
+        causal_conv1d_default: "bf16[2, 8, 12]" = torch.ops.fusion_passes.causal_conv1d.default(permute, select_int, None, 'silu', torch.bfloat16, torch.bfloat16)
+        permute_default: "bf16[2, 12, 8]" = torch.ops.aten.permute.default(causal_conv1d_default, [0, 2, 1])
+        return (permute_default,)
+""")
+
     def test_conv1d_module_with_bias(self) -> None:
         """An ``nn.Conv1d`` module (weight ``[C, 1, K]``, bias), K = 3, then SiLU."""
         torch.manual_seed(0)
@@ -301,6 +352,38 @@ def test_conv_output_used_elsewhere_fuses_without_activation() -> None:
     assert conv_records(result) == ["conv1d [channel-first, K=4]"]
     for got, expected in zip(result.output, fn(x, weight)):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_transposed_conv_used_elsewhere_fuses_without_activation() -> None:
+    """The transposed cut conv is also returned: the conv alone fuses, the SiLU after the transpose stays Inductor's."""
+
+    def fn(x_blc: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x_blc.transpose(1, 2)
+        out = F.conv1d(x, weight.unsqueeze(1), None, padding=3, groups=C)[..., :L].transpose(1, 2)
+        return F.silu(out), out
+
+    x, weight = randn(B, L, C), randn(C, 4)
+    result = capture(fn, x, weight)
+    assert conv_records(result) == ["conv1d [channel-last, K=4]"]
+    for got, expected in zip(result.output, fn(x, weight)):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_near_miss_with_silu_after_transpose_back_names_the_whole_chain() -> None:
+    """A non-causal padding with the SiLU after the transpose back: the conv + SiLU chain is a near miss, with the reason
+    (then the conv alone, which the pass tries next)."""
+
+    def fn(x_blc: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        x = x_blc.transpose(1, 2)
+        return F.silu(F.conv1d(x, weight.unsqueeze(1), None, padding=2, groups=C)[..., :L].transpose(1, 2))
+
+    x, weight = randn(B, L, C), randn(C, 4)
+    result = capture(fn, x, weight)
+    assert conv_records(result) == []
+    misses = [(miss.pattern, miss.reason) for miss in result.report.near_misses if miss.fusion == "causal_conv1d"]
+    reason = "padding: expected [3] (K - 1: causal), got [2]"
+    assert misses == [("conv1d+silu", reason), ("conv1d", reason)], misses
+    torch.testing.assert_close(result.output, fn(x, weight), rtol=1e-5, atol=1e-5)
 
 
 def test_float64_does_not_fuse() -> None:

@@ -1250,3 +1250,25 @@ def test_dynamic_sequence_length_fuses_once_for_every_length() -> None:
         torch.testing.assert_close(compiled(*args), rms_norm_flux_rope(*args))
     fused = [record.pattern for record in fusion_passes.report().fused]
     assert fused and all(pattern.endswith("-> rope[interleaved]") for pattern in fused)
+
+
+def rms_norm_divided_by_root_flux_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """A q/k RMSNorm spelled ``x / sqrt(mean(x**2) + eps)`` (rounded to x's dtype before the weight), then FLUX's rotation."""
+    h = x.float()
+    return flux_rope((h / torch.sqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype) * weight, cos, sin)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "record"),
+    [
+        (torch.float32, "rms_norm[weight]/fp32 over each head -> rope[interleaved]"),
+        (BF16, "rms_norm[weight,fp32 statistics]/half over each head -> rope[interleaved]"),
+    ],
+    ids=["fp32", "bf16"],
+)
+def test_norm_divided_by_its_root_is_absorbed(dtype: torch.dtype, record: str) -> None:
+    """The division spelling of the norm is absorbed like ``x * rsqrt(...)`` (equal within two fp32 ulps)."""
+    args = [randn(B, L, H, D, dtype=dtype), randn(D, dtype=dtype), *real_tables()]
+    result = capture(rms_norm_divided_by_root_flux_rope, *args)
+    assert rope_records(result) == [record]
+    assert_matches_fp64(result, rms_norm_divided_by_root_flux_rope, args, dtype)
