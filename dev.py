@@ -73,13 +73,17 @@ def setup_newest() -> Path:
 
 def main(argv: list[str]) -> int:
     """Dispatch ``demo``, ``test`` or ``test-newest``; returns the exit code."""
+    # -P: the working directory stays off sys.path, so the top-level kernels/ directory (installed as
+    # fusion_passes.kernels) cannot shadow an installed package named kernels (Hugging Face's, which
+    # diffusers imports when it is installed).
+    safe_path = ["-P"] if sys.version_info >= (3, 11) else []
     commands = {
         "demo": [str(ROOT / "examples" / "compile_flux.py")],
-        "test": ["-m", "pytest", "-q", str(ROOT / "tests")],
+        "test": [*safe_path, "-m", "pytest", "-q", str(ROOT / "tests")],
     }
     if argv and argv[0] == "test-newest":
         python = setup_newest()
-        command = [str(python), "-m", "pytest", "-q", *(argv[1:] or NEWEST_TESTS)]
+        command = [str(python), *safe_path, "-m", "pytest", "-q", *(argv[1:] or NEWEST_TESTS)]
         code = subprocess.run(command, cwd=ROOT).returncode
     elif not argv or argv[0] not in commands:
         print(__doc__, file=sys.stderr)
