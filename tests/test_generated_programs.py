@@ -1,0 +1,448 @@
+"""Property-based tests: random programs (tests/program_generator.py) compiled with backend="fusion_passes" on CPU.
+
+Each program must (1) compile and run wherever Inductor alone does, (2) match an fp64 eager run of
+the same source within its dtype's tolerance, or at worst twice Inductor's own error, and (3) fuse
+every chain the passes claim, or report it as a near miss with a reason. pytest runs a fixed-seed
+slice; the long run is
+
+    python tests/test_generated_programs.py --programs 1000 --seed 1000
+
+which prints a summary and exits non-zero on any crash, wrong result, silent miss or invalid program.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import dataclasses
+import linecache
+import logging
+import os
+import re
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+# As in conftest.py: the Triton interpreter must be chosen before fusion_passes decorates its kernels.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from program_generator import FP32, FP64, BF16, FP16, Chain, Program, generate_program  # noqa: E402
+
+import fusion_passes  # noqa: E402
+from fusion_passes.report import FusionRecord, FusionReport, GraphReport, NearMiss  # noqa: E402
+
+OPTIONS = {"fusion_passes": {"devices": ["cpu"]}}
+# Outputs may differ from the fp64 reference by this much (relative to the largest reference value)
+# whatever Inductor does: about four roundings of the chain's least precise dtype.
+TOLERANCE_FLOOR = {BF16: 4 * 2.0**-7, FP16: 4 * 2.0**-10, FP32: 1e-5, FP64: 1e-10}
+INTERNAL_ERROR = "failed on this chain"
+CI_SEED = int(os.environ.get("GENERATED_PROGRAMS_SEED", "0"))
+CI_PROGRAMS = int(os.environ.get("GENERATED_PROGRAMS", "12"))
+_SOURCE = re.compile(r"^(?P<file>.+):(?P<line>\d+) \(")
+
+
+@dataclasses.dataclass
+class ChainOutcome:
+    """What the passes did with one claimed chain: ``fused``, ``near miss`` (with reasons) or ``silent miss``."""
+
+    chain: Chain
+    status: str
+    reasons: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Outcome:
+    """One program's run: its failures (with the errors measured), what fused, the report and the time taken."""
+
+    program: Program
+    failures: list[str] = dataclasses.field(default_factory=list)
+    kinds: set[str] = dataclasses.field(default_factory=set)
+    chains: list[ChainOutcome] = dataclasses.field(default_factory=list)
+    fused: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    unclaimed_fused: int = 0
+    report: str = ""
+    seconds: float = 0.0
+
+    def fail(self, kind: str, message: str) -> None:
+        """Record a failure of ``kind`` (crash, wrong result, silent miss, internal error, invalid program)."""
+        self.kinds.add(kind)
+        self.failures.append(f"{kind}: {message}")
+
+    def describe(self) -> str:
+        """The failures, the report and the program's source: enough to reproduce by hand."""
+        return "\n".join([*self.failures, "report:", self.report, "source:", self.program.source()])
+
+
+def to_fp64(value: Any) -> Any:
+    """Floating tensors in fp64, complex ones in complex128 (exact), the rest as they are."""
+    if isinstance(value, torch.Tensor) and value.is_complex():
+        return value.to(torch.complex128)
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.to(torch.float64)
+    return value
+
+
+def load(program: Program, fp32: torch.dtype) -> dict[str, Any]:
+    """The program's namespace, with ``F32`` bound to ``fp32``; its lines are registered for stack traces."""
+    source = program.source()
+    filename = f"{program.name}.py"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace: dict[str, Any] = {"__name__": program.name}
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102  (our own generated source)
+    namespace["F32"] = fp32
+    return namespace
+
+
+def instantiate(namespace: dict[str, Any], seed: int) -> torch.nn.Module:
+    """``Program()`` with submodule weights drawn from ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return namespace["Program"]()
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """``max |out - ref| / max |ref|`` in fp64; NaN where the reference is finite counts as infinite."""
+    if out.numel() == 0:
+        return 0.0
+    diff = (out.to(torch.float64) - ref.to(torch.float64)).abs()
+    diff = torch.where(torch.isnan(diff), torch.inf, diff)
+    return (diff.max() / ref.to(torch.float64).abs().max().clamp_min(1e-30)).item()
+
+
+def as_tuple(value: Any) -> tuple[Any, ...]:
+    """A module's outputs as a tuple."""
+    return value if isinstance(value, tuple) else (value,)
+
+
+@dataclasses.dataclass
+class Compiled:
+    """A compiled run's outputs, or the exception it raised."""
+
+    outputs: tuple[torch.Tensor, ...] | None
+    error: str | None
+
+
+@contextlib.contextmanager
+def no_graph_caches() -> Iterator[None]:
+    """Every compile runs the post-grad passes (no FX-graph, AOT-autograd or PGO cache hit), while Inductor
+    reuses the C++ kernels it built before and builds scalar ones: its C++ compiler dominates the run
+    time, SIMD kernels take a third longer to build, and the passes see the same graph either way."""
+    inductor = dict(force_disable_caches=False, fx_graph_cache=False, fx_graph_remote_cache=False)
+    with (
+        torch._inductor.config.patch(inductor, **{"cpp.vec_isa_ok": False}),
+        torch._functorch.config.patch(enable_autograd_cache=False),
+        torch._dynamo.config.patch(automatic_dynamic_local_pgo=False),
+    ):
+        yield
+
+
+def compile_and_run(model: torch.nn.Module, inputs: Sequence[Any], backend: str, dynamic: bool) -> Compiled:
+    """``torch.compile(model, backend=...)(*inputs)`` from a fresh Dynamo, no graph-cache hit."""
+    torch._dynamo.reset()
+    options = OPTIONS if backend == "fusion_passes" else None
+    try:
+        with no_graph_caches():
+            compiled = torch.compile(model, backend=backend, options=options, dynamic=True if dynamic else None)
+            return Compiled(as_tuple(compiled(*inputs)), None)
+    except Exception:  # noqa: BLE001  (a crash is a result here)
+        return Compiled(None, traceback.format_exc())
+    finally:
+        torch._dynamo.reset()
+
+
+def run_program(program: Program) -> Outcome:
+    """Compile ``program`` with the passes and check the three properties (see the module docstring)."""
+    started = time.perf_counter()
+    outcome = Outcome(program)
+    try:
+        _check(program, outcome)
+    finally:
+        outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def _check(program: Program, outcome: Outcome) -> None:
+    namespace, reference_namespace = load(program, torch.float32), load(program, torch.float64)
+    inputs = namespace["make_inputs"](program.seed)
+    model = instantiate(namespace, program.seed)
+    reference_model = instantiate(reference_namespace, program.seed).to(torch.float64)
+    with torch.no_grad():
+        try:
+            eager = as_tuple(model(*inputs))
+            reference = as_tuple(reference_model(*map(to_fp64, inputs)))
+        except Exception:  # noqa: BLE001
+            outcome.fail("invalid program", f"eager run raised (a generator bug)\n{traceback.format_exc()}")
+            return
+        fusion_passes.reset_report()
+        ours = compile_and_run(model, inputs, "fusion_passes", program.dynamic)
+        report = fusion_passes.report()
+        outcome.report = report.summary()
+        inductor: Compiled | None = None
+        if ours.error is not None:
+            inductor = compile_and_run(model, inputs, "inductor", program.dynamic)
+            if inductor.error is not None:
+                outcome.fail("invalid program", f"Inductor alone raises too (a generator bug)\n{inductor.error}")
+            else:
+                outcome.fail("crash", ours.error)
+            return
+        if any(graph.cache_hit for graph in report.graphs):
+            outcome.fail("invalid program", "a graph came from the FX graph cache: the passes did not run")
+            return
+        output_chains = [chain for chain in program.chains for _ in chain.outputs]
+        errors = [relative_error(out, ref) for out, ref in zip(ours.outputs, reference, strict=True)]
+        for index, (out, expected, chain, error) in enumerate(zip(ours.outputs, eager, output_chains, errors, strict=True)):
+            if out.shape != expected.shape or out.dtype != expected.dtype:
+                outcome.fail("wrong result", f"output {index} ({chain.label}): {out.dtype}{list(out.shape)}, "
+                                             f"eager gives {expected.dtype}{list(expected.shape)}")
+            elif error > TOLERANCE_FLOOR[chain.tolerance_dtype]:
+                inductor = inductor or compile_and_run(model, inputs, "inductor", program.dynamic)
+                if inductor.error is not None:
+                    outcome.fail("crash", f"Inductor alone raised where ours did not\n{inductor.error}")
+                    return
+                inductor_error = relative_error(inductor.outputs[index], reference[index])
+                if error > max(2 * inductor_error, TOLERANCE_FLOOR[chain.tolerance_dtype]):
+                    outcome.fail("wrong result", f"output {index} ({chain.label}): error {error:.3g} against fp64, "
+                                                 f"Inductor alone {inductor_error:.3g}, floor {TOLERANCE_FLOOR[chain.tolerance_dtype]:.3g}")
+    _check_fusions(program, outcome, report)
+
+
+def _chain_at(program: Program, source: str | None) -> int | None:
+    # The index (in program.chains) of the chain whose forward() lines hold ``source``, if any.
+    match = _SOURCE.match(source or "")
+    if match is None or match["file"] != f"{program.name}.py":
+        return None
+    line = int(match["line"])
+    return next((i for i, (first, last) in enumerate(program.chain_lines()) if first <= line <= last), None)
+
+
+def _check_fusions(program: Program, outcome: Outcome, report: fusion_passes.FusionReport) -> None:
+    fused: dict[int | None, list[Any]] = collections.defaultdict(list)
+    missed: dict[int | None, list[Any]] = collections.defaultdict(list)
+    for record in report.fused:
+        outcome.fused[record.fusion] += 1
+        fused[_chain_at(program, record.source)].append(record)
+    for miss in report.near_misses:
+        if INTERNAL_ERROR in miss.reason:
+            outcome.fail("internal error", f"{miss.fusion} at {miss.source or miss.node}: {miss.reason}")
+        missed[_chain_at(program, miss.source)].append(miss)
+    for index, chain in enumerate(program.chains):
+        records, misses = fused.get(index, []), missed.get(index, [])
+        if chain.expected is None:
+            outcome.unclaimed_fused += bool(records)
+            continue
+        # Records whose source line is not the program's (a torch module's frame) go to claimed chains in order.
+        if not records and not misses:
+            records = [r for r in fused.get(None, []) if r.fusion == chain.expected][: chain.expected_count]
+            for record in records:
+                fused[None].remove(record)
+            misses = [m for m in missed.get(None, []) if m.fusion == chain.expected][:1]
+        complete = [r for r in records if r.fusion == chain.expected and "not absorbed" not in r.pattern]
+        degraded = [f"fused as {r.pattern}" for r in records if r not in complete]
+        if len(complete) >= chain.expected_count:
+            outcome.chains.append(ChainOutcome(chain, "fused"))
+        elif misses or degraded:
+            outcome.chains.append(ChainOutcome(chain, "near miss", [*degraded, *(f"{m.fusion}: {m.reason}" for m in misses)]))
+        else:
+            outcome.chains.append(ChainOutcome(chain, "silent miss"))
+            outcome.fail("silent miss", f"{chain.label}: expected {chain.expected_count} {chain.expected} fusion(s), "
+                                        f"got {[r.pattern for r in records]} and no near miss")
+
+
+def shrink(outcome: Outcome, run: Callable[[Program], Outcome] = run_program) -> Outcome:
+    """The outcome of the smallest single-chain subset (with the chains it reads) that fails the same way, else ``outcome``."""
+    program = outcome.program
+    if len(program.chains) == 1:
+        return outcome
+    for chain in program.chains:
+        smaller = run(program.subset([chain.index]))
+        if smaller.kinds & outcome.kinds:
+            return smaller
+    return outcome
+
+
+def reproducer(program: Program) -> str:
+    """A runnable script: the program's source, then a compile with the passes that prints the report and errors."""
+    return program.source() + f'''
+
+if __name__ == "__main__":
+    import fusion_passes
+
+    inputs = make_inputs({program.seed})
+    torch.manual_seed({program.seed})
+    model = Program()
+    with torch.no_grad():
+        expected = model(*inputs)
+        compiled = torch.compile(model, backend="fusion_passes", options={OPTIONS!r}, dynamic={True if program.dynamic else None})
+        outputs = compiled(*inputs)
+    print(fusion_passes.report().summary())
+    for out, ref in zip(outputs, expected):
+        print(out.dtype, tuple(out.shape), "max |compiled - eager| =", (out.double() - ref.double()).abs().max().item())
+'''
+
+
+# --- pytest: a fixed-seed slice -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(CI_SEED, CI_SEED + CI_PROGRAMS))
+def test_generated_program(seed: int) -> None:
+    outcome = run_program(generate_program(seed))
+    assert not outcome.failures, outcome.describe()
+
+
+def test_generator_is_deterministic_and_its_programs_run_eagerly() -> None:
+    """Same seed, same source; programs run eagerly as drawn and in fp64 (the generator writes valid code)."""
+    assert generate_program(7).source() == generate_program(7).source()
+    for seed in range(100):
+        program = generate_program(seed)
+        namespace, reference_namespace = load(program, torch.float32), load(program, torch.float64)
+        inputs = namespace["make_inputs"](seed)
+        with torch.no_grad():
+            instantiate(namespace, seed)(*inputs)
+            instantiate(reference_namespace, seed).to(torch.float64)(*map(to_fp64, inputs))
+
+
+def test_a_wrong_fused_result_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The oracle can fail: a fused AdaLN op off by 1e-3 is reported as a wrong result."""
+    from fusion_passes.kernels import adaln as adaln_kernels
+
+    exact = adaln_kernels.reference
+
+    def off_by_a_little(call: Any) -> Any:
+        y, r = exact(call)
+        return y + 1e-3, r
+
+    monkeypatch.setattr(adaln_kernels, "reference", off_by_a_little)
+    seed = next(seed for seed in range(100) if _single_fp32_adaln(generate_program(seed)))
+    outcome = run_program(generate_program(seed))
+    assert outcome.kinds == {"wrong result"}, outcome.describe()
+
+
+def _single_fp32_adaln(program: Program) -> bool:
+    (chain, *more) = program.chains
+    return not more and chain.expected == "adaln" and chain.tolerance_dtype == FP32 and not program.dynamic
+
+
+def _claimed_program() -> Program:
+    # A program of two or more chains, every one claimed by a fusion.
+    programs = map(generate_program, range(200))
+    return next(p for p in programs if len(p.chains) > 1 and all(chain.expected for chain in p.chains))
+
+
+def _report_of(*entries: FusionRecord | NearMiss) -> FusionReport:
+    report, graph = FusionReport(), GraphReport("0/0")
+    graph.fused += [entry for entry in entries if isinstance(entry, FusionRecord)]
+    graph.near_misses += [entry for entry in entries if isinstance(entry, NearMiss)]
+    report.graphs.append(graph)
+    return report
+
+
+def test_a_claimed_chain_neither_fused_nor_reported_is_a_silent_miss() -> None:
+    program = _claimed_program()
+    outcome = Outcome(program)
+    _check_fusions(program, outcome, _report_of())
+    assert outcome.kinds == {"silent miss"}
+    assert [chain.status for chain in outcome.chains] == ["silent miss"] * len(program.chains)
+
+
+def test_fusions_and_near_misses_are_matched_to_chains_by_source_line() -> None:
+    program = _claimed_program()
+    _, last = program.chain_lines()[-1]
+    at_last_chain = f"{program.name}.py:{last} (forward): ..."
+    entries = [NearMiss("adaln", None, "add_1", at_last_chain, "an intermediate is also used outside the chain")]
+    for chain, (_, line) in zip(program.chains[:-1], program.chain_lines()[:-1], strict=True):
+        entries += [FusionRecord(chain.expected, "pattern", "add", f"{program.name}.py:{line} (forward): ...")] * chain.expected_count
+    outcome = Outcome(program)
+    _check_fusions(program, outcome, _report_of(*entries))
+    assert not outcome.failures
+    assert [chain.status for chain in outcome.chains] == ["fused"] * (len(program.chains) - 1) + ["near miss"]
+    assert outcome.chains[-1].reasons == ["adaln: an intermediate is also used outside the chain"]
+
+
+# --- The long run --------------------------------------------------------------------------------
+
+
+def long_run(seed: int, programs: int, save_failures: str | None, verbose: bool) -> int:
+    """Run programs ``seed .. seed + programs - 1``; print each failure (shrunk) and a summary; the exit status."""
+    totals: collections.Counter[str] = collections.Counter()
+    reasons: collections.Counter[str] = collections.Counter()
+    fused: collections.Counter[str] = collections.Counter()
+    started = time.perf_counter()
+    for program_seed in range(seed, seed + programs):
+        program = generate_program(program_seed)
+        outcome = run_program(program)
+        totals["programs"] += 1
+        totals["chains"] += len(program.chains)
+        totals["claimed chains"] += sum(chain.expected is not None for chain in program.chains)
+        totals["unclaimed chains fused"] += outcome.unclaimed_fused
+        fused.update(outcome.fused)
+        for chain_outcome in outcome.chains:
+            totals[f"claimed chains {chain_outcome.status}"] += 1
+            reasons.update(_reason_kind(reason) for reason in chain_outcome.reasons)
+        status = "ok" if not outcome.failures else "FAIL " + ", ".join(sorted(outcome.kinds))
+        if verbose or outcome.failures:
+            print(f"program {program_seed}: {status} ({outcome.seconds:.1f} s, {len(program.chains)} chains)", flush=True)
+        for kind in outcome.kinds:
+            totals[kind] += 1
+        if outcome.failures:
+            smallest = shrink(outcome)
+            print(smallest.describe(), flush=True)
+            if save_failures:
+                os.makedirs(save_failures, exist_ok=True)
+                with open(os.path.join(save_failures, f"{smallest.program.name}.py"), "w") as file:
+                    file.write(reproducer(smallest.program))
+        elif (program_seed - seed + 1) % 25 == 0:
+            print(f"... {program_seed - seed + 1} programs, {time.perf_counter() - started:.0f} s", flush=True)
+    print(_summary(totals, fused, reasons, time.perf_counter() - started))
+    failed = sum(totals[kind] for kind in ("crash", "wrong result", "silent miss", "internal error", "invalid program"))
+    return 1 if failed else 0
+
+
+def _reason_kind(reason: str) -> str:
+    # A near-miss reason without its node names and sizes, for counting.
+    return re.sub(r"\d+", "N", re.sub(r"\b(arg|getitem|convert_element_type|view|mul|add)\w*", "<node>", reason))[:160]
+
+
+def _summary(totals: collections.Counter[str], fused: collections.Counter[str], reasons: collections.Counter[str], seconds: float) -> str:
+    lines = [
+        f"programs: {totals['programs']} ({totals['chains']} chains, {totals['claimed chains']} claimed by a fusion) in {seconds:.0f} s",
+        f"claimed chains fused: {totals['claimed chains fused']}; reported as near misses: {totals['claimed chains near miss']}; "
+        f"silent misses: {totals['claimed chains silent miss']}",
+        f"fused calls by family: {dict(fused)}; unclaimed (decoy, fp64) chains fused: {totals['unclaimed chains fused']}",
+        f"programs with crashes: {totals['crash']}; wrong results: {totals['wrong result']}; silent misses: {totals['silent miss']}; "
+        f"internal errors: {totals['internal error']}; invalid programs: {totals['invalid program']}",
+    ]
+    if reasons:
+        lines.append("near-miss reasons of claimed chains:")
+        lines += [f"  {count:5d}  {reason}" for reason, count in reasons.most_common(25)]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The long-run entry point."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=1000, help="the first program's seed (programs seed .. seed + N - 1)")
+    parser.add_argument("--programs", type=int, default=1000, help="how many programs")
+    parser.add_argument("--save-failures", metavar="DIR", help="write a runnable reproducer per failure here")
+    parser.add_argument("--print-source", action="store_true", help="print each program's source and exit (no compile)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="a line per program")
+    args = parser.parse_args(argv)
+    # The report is read directly; its log lines and torch's warnings would drown the summary.
+    logging.getLogger("fusion_passes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    if args.print_source:
+        for program_seed in range(args.seed, args.seed + args.programs):
+            print(reproducer(generate_program(program_seed)))
+        return 0
+    return long_run(args.seed, args.programs, args.save_failures, args.verbose)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
