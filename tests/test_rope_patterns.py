@@ -1246,3 +1246,16 @@ def test_dynamic_sequence_length_fuses_once_for_every_length() -> None:
         torch.testing.assert_close(compiled(*args), rms_norm_flux_rope(*args))
     fused = [record.pattern for record in fusion_passes.report().fused]
     assert fused and all(pattern.endswith("-> rope[interleaved]") for pattern in fused)
+
+
+# --- Found by the generated programs (tests/test_generated_programs.py) -----------------------------
+
+
+def test_slice_assignment_into_empty_like_of_a_transposed_x_fuses() -> None:
+    """``empty_like`` of a transposed x is ``empty`` then ``permute`` in the graph: still a tensor no
+    element of which is written before the scatters, so Wan's rotation of that x fuses."""
+    cos, sin = real_tables()
+    args = [randn(B, H, L, D).transpose(1, 2), cos[None, :, None], sin[None, :, None]]
+    result = capture(wan_rope, *args)
+    assert rope_records(result) == ["rope[interleaved, slice assignment]"]
+    assert_matches_fp64(result, wan_rope, args, torch.float32)
