@@ -135,9 +135,9 @@ def no_graph_caches() -> Iterator[None]:
     """Every compile runs the post-grad passes (no FX-graph, AOT-autograd or PGO cache hit), while Inductor
     reuses the C++ kernels it built before and builds scalar ones: its C++ compiler dominates the run
     time, SIMD kernels take a third longer to build, and the passes see the same graph either way."""
-    inductor = dict(force_disable_caches=False, fx_graph_cache=False, fx_graph_remote_cache=False)
+    inductor = {"force_disable_caches": False, "fx_graph_cache": False, "fx_graph_remote_cache": False, "cpp.vec_isa_ok": False}
     with (
-        torch._inductor.config.patch(inductor, **{"cpp.vec_isa_ok": False}),
+        torch._inductor.config.patch(inductor),
         torch._functorch.config.patch(enable_autograd_cache=False),
         torch._dynamo.config.patch(automatic_dynamic_local_pgo=False),
     ):
