@@ -1,8 +1,9 @@
 """Seeded random programs over the fused families' spellings, for the property-based tests.
 
-``generate_program(seed)`` draws a few chains (AdaLN, residual + AdaLN, RoPE with or without its
-q/k norm, causal conv1d) in random spellings, operand orders, dtypes, broadcast shapes, strides and
-eps forms, and renders them as the source of one ``torch.nn.Module`` (``Program``) plus a
+``generate_program(seed)`` draws a few chains (AdaLN, also one norm modulated twice or per token by
+a choice between two sets; residual + AdaLN; RoPE on q or q and k, partial or joint text + image,
+with or without its q/k norm; causal conv1d) in random spellings, operand orders, dtypes, broadcast
+shapes, strides and eps forms, some of them decoys, and renders them as the source of one ``torch.nn.Module`` (``Program``) plus a
 ``make_inputs(seed)`` function. Each chain knows whether the passes claim it (the family expected to
 fuse it, or to report it as a near miss) and the least precise dtype it computes in (its tolerance).
 The source is self-contained: a failing program is its own reproducer. Every cast to fp32 is spelled
@@ -359,15 +360,20 @@ def modulation_operands(b: Builder, roles: Sequence[str], shape: tuple[int, ...]
         slots = rng.sample(range(chunks), len(roles))
         forms = ["input views"]
         if rank == 3:
-            forms += ["[B, k*C] chunk", "[B, 1, k*C] chunk", "[B, L, k, C] chunk"]
+            forms += ["[B, k*C] chunk", "[B, 1, k*C] chunk", "[B, L, k, C] chunk", "select01"]
         elif rank == 2:
             forms += ["[N, k*C] chunk"]
         else:
             forms += ["[B, F, k*C] chunk"]
         form = rng.choice(forms)
         b.note(f"modulation {form} ({chunks} chunks)")
-        names = [b.name(f"chunk{i}") for i in range(chunks)]
-        unpack = ", ".join(names) + ("," if chunks == 1 else "")
+
+        def chunked(emb: str, dim: int, prefix: str = "chunk") -> list[str]:
+            # ``a, b, ... = emb.chunk(chunks, dim)``: the chunks' names.
+            names = [b.name(f"{prefix}{i}") for i in range(chunks)]
+            b.line(f"{', '.join(names)}{',' if chunks == 1 else ''} = {emb}.chunk({chunks}, dim={dim})")
+            return names
+
         if form == "input views":
             # Separate arguments that are strided views of one embedding, as a caller's chunk() gives them.
             view_shape = {2: (rng.choice([1, shape[0]]), hidden * chunks), 3: (shape[0], 1, hidden * chunks),
@@ -375,25 +381,31 @@ def modulation_operands(b: Builder, roles: Sequence[str], shape: tuple[int, ...]
             base = b.setup("emb", randn(view_shape, dtype))
             return {role: Operand(b.arg(role, f"{base}[..., {slots[i] * hidden}:{(slots[i] + 1) * hidden}]"))
                     for i, role in enumerate(roles)}
+        if form == "select01":
+            # An image-edit model's per-token choice between two modulation sets (one boolean per token).
+            index = b.arg("index", f"torch.randint(0, 2, ({shape[0]}, {shape[1]}), generator=generator)")
+            chosen = b.let("chosen", rng.choice([f"{index}[..., None] == 0", f"{index}.bool()[..., None]"]))
+            first = chunked(b.arg("emb0", randn((shape[0], hidden * chunks), dtype)), 1, "first")
+            second = chunked(b.arg("emb1", randn((shape[0], hidden * chunks), dtype)), 1, "second")
+            return {
+                role: Operand(b.let(role, f"torch.where({chosen}, {first[slots[i]]}[:, None], {second[slots[i]]}[:, None])"))
+                for i, role in enumerate(roles)
+            }
         if form == "[B, k*C] chunk":
-            emb = b.arg("emb", randn((shape[0], hidden * chunks), dtype))
-            b.line(f"{unpack} = {emb}.chunk({chunks}, dim=1)")
+            names = chunked(b.arg("emb", randn((shape[0], hidden * chunks), dtype)), 1)
             return {role: Operand(names[slots[i]], "[:, None]") for i, role in enumerate(roles)}
         if form == "[B, 1, k*C] chunk":
-            emb = b.arg("emb", randn((shape[0], 1, hidden * chunks), dtype))
-            b.line(f"{unpack} = {emb}.chunk({chunks}, dim=-1)")
+            names = chunked(b.arg("emb", randn((shape[0], 1, hidden * chunks), dtype)), -1)
             return {role: Operand(names[slots[i]]) for i, role in enumerate(roles)}
         if form == "[B, L, k, C] chunk":
             table = b.arg("table", randn((1, 1, chunks, hidden), dtype))
             temb = b.arg("temb", randn((shape[0], shape[1], chunks, hidden), dtype))
-            b.line(f"{unpack} = ({table} + {temb}).chunk({chunks}, dim=2)")
+            names = chunked(f"({table} + {temb})", 2)
             return {role: Operand(names[slots[i]], ".squeeze(2)") for i, role in enumerate(roles)}
         if form == "[N, k*C] chunk":
-            emb = b.arg("emb", randn((rng.choice([1, shape[0]]), hidden * chunks), dtype))
-            b.line(f"{unpack} = {emb}.chunk({chunks}, dim=-1)")
+            names = chunked(b.arg("emb", randn((rng.choice([1, shape[0]]), hidden * chunks), dtype)), -1)
             return {role: Operand(names[slots[i]]) for i, role in enumerate(roles)}
-        emb = b.arg("emb", randn((shape[0], shape[1], hidden * chunks), dtype))
-        b.line(f"{unpack} = {emb}.chunk({chunks}, dim=-1)")
+        names = chunked(b.arg("emb", randn((shape[0], shape[1], hidden * chunks), dtype)), -1)
         return {role: Operand(names[slots[i]], "[:, :, None]") for i, role in enumerate(roles)}
     operands = {}
     for role in roles:
@@ -576,17 +588,21 @@ def rope_chain(b: Builder) -> Chain:
     table_form = rng.choice(["indexed", "prebuilt", "position ids"]) if rotation != "complex" else "complex"
     upcast_tables = dtype != FP64 and rng.random() < 0.6
     table_dtype = FP32 if upcast_tables else dtype
-    b.note(f"{layout} {dtype_name(dtype)} D={head_dim} {rotation} norm={norm_spelling} tables {table_form} {dtype_name(table_dtype)}")
+    # Partial rotary (GPT-NeoX, Phi): the first half of each head rotated, the rest passed through.
+    partial = rotation not in ("complex", "slice assignment") and rng.random() < 0.2
+    rotary = head_dim // 2 if partial else head_dim
+    b.note(f"{layout} {dtype_name(dtype)} D={head_dim} R={rotary} {rotation} norm={norm_spelling} "
+           f"tables {table_form} {dtype_name(table_dtype)}")
     tolerance = least_precise(dtype, table_dtype)
     streams = ["q", "k"] if rng.random() < 0.4 else ["q"]
     # Shared tables: cos and sin [L, D] (or [L + 3, D] gathered by position ids), complex freqs [L, D / 2].
     rows = tokens + 3 if table_form == "position ids" else tokens
     paired = rng.random() < 0.8  # tables repeated per pair (per half) as models build them; else any columns
     if paired:
-        theta = b.setup("theta", f"angles({rows}, {head_dim // 2})")
+        theta = b.setup("theta", f"angles({rows}, {rotary // 2})")
     else:
         b.note("tables with independent columns")
-        theta = b.setup("theta", f"angles({rows}, {head_dim})")
+        theta = b.setup("theta", f"angles({rows}, {rotary})")
     if rotation == "complex":
         half = theta if paired else f"{theta}[..., ::2]"
         freqs = b.arg("freqs", f"torch.polar(torch.ones_like({half}), {half}).to(torch.complex64)")
@@ -602,7 +618,7 @@ def rope_chain(b: Builder) -> Chain:
         for fn in ("cos", "sin"):
             table = f"{repeated}.{fn}().to({dtype_name(table_dtype)})"
             if table_form == "prebuilt":
-                shape = f"1, {tokens}, 1, {head_dim}" if layout == "BLHD" else f"1, 1, {tokens}, {head_dim}"
+                shape = f"1, {tokens}, 1, {rotary}" if layout == "BLHD" else f"1, 1, {tokens}, {rotary}"
                 cos_sin.append(b.arg(fn, f"{table}.reshape({shape})"))
             elif table_form == "indexed":
                 table = b.arg(fn, table)
@@ -617,18 +633,34 @@ def rope_chain(b: Builder) -> Chain:
     decoy = rng.random() < 0.1
     if decoy:
         b.not_claimed("a rotation with a sign flipped")
+    # FLUX's joint attention: text and image tokens normalized apart, then one sequence.
+    joint = tokens > 1 and norm_spelling != "across heads" and rng.random() < 0.2
     for stream in streams:
         heads = rng.randint(1, 3)
-        x = _rope_stream_input(b, stream, batch, tokens, heads, head_dim, dtype, layout, norm_spelling == "across heads")
-        if norm_spelling == "across heads":
-            flat, _ = norm(b, x, heads * head_dim, dtype, spellings=("rms_norm",))
-            x = b.let(f"{stream}_heads", f"{flat}.unflatten(-1, ({heads}, {head_dim}))")
-            if layout == "BHLD":
-                x = b.let(f"{stream}_bhld", f"{x}.transpose(1, 2)")
-        elif norm_spelling != "none":
-            x, norm_tolerance = norm(b, x, head_dim, dtype, spellings=(norm_spelling,))
-            tolerance = least_precise(tolerance, norm_tolerance)
-        b.chain.outputs.append(_rotate(b, stream, x, rotation, tables, dtype, decoy))
+        if joint:
+            text_tokens = rng.randint(1, tokens - 1)
+            parts = [(f"{stream}_text", text_tokens), (f"{stream}_image", tokens - text_tokens)]
+            b.note(f"{stream} joint text {text_tokens} + image {tokens - text_tokens} tokens")
+        else:
+            parts = [(stream, tokens)]
+        xs = []
+        for part, part_tokens in parts:
+            x = _rope_stream_input(b, part, batch, part_tokens, heads, head_dim, dtype, layout, norm_spelling == "across heads")
+            if norm_spelling == "across heads":
+                flat, _ = norm(b, x, heads * head_dim, dtype, spellings=("rms_norm",))
+                x = b.let(f"{part}_heads", f"{flat}.unflatten(-1, ({heads}, {head_dim}))")
+                if layout == "BHLD":
+                    x = b.let(f"{part}_bhld", f"{x}.transpose(1, 2)")
+            elif norm_spelling != "none":
+                x, norm_tolerance = norm(b, x, head_dim, dtype, spellings=(norm_spelling,))
+                tolerance = least_precise(tolerance, norm_tolerance)
+            xs.append(x)
+        x = xs[0] if not joint else b.let(f"{stream}_joint", f"torch.cat([{', '.join(xs)}], dim={1 if layout == 'BLHD' else 2})")
+        if rotary == head_dim:
+            b.chain.outputs.append(_rotate(b, stream, x, rotation, tables, dtype, decoy))
+            continue
+        rotated = _rotate(b, stream, b.let(f"{stream}_rot", f"{x}[..., :{rotary}]"), rotation, tables, dtype, decoy)
+        b.chain.outputs.append(b.let(f"{stream}_partial", f"torch.cat([{rotated}, {x}[..., {rotary}:]], dim=-1)"))
     return b.finish("rope", tolerance, expected_count=len(streams))
 
 
