@@ -203,15 +203,23 @@ class Builder:
     def finish(self, expected: str | None, tolerance_dtype: torch.dtype, expected_count: int = 1) -> Chain:
         """The chain, its label and expectation filled in."""
         self.chain.label = f"{self.chain.family}: " + "; ".join(self.notes)
-        self.chain.expected = None if self.unclaimed or tolerance_dtype == FP64 else expected
+        self.chain.expected = None if self.unclaimed else expected
         self.chain.expected_count = expected_count
         self.chain.tolerance_dtype = tolerance_dtype
         return self.chain
 
 
-def pick_dtype(rng: random.Random) -> torch.dtype:
+def pick_dtype(b: Builder) -> torch.dtype:
     """A chain's activation dtype."""
-    return rng.choices(list(DTYPE_WEIGHTS), weights=list(DTYPE_WEIGHTS.values()))[0]
+    dtype = b.rng.choices(list(DTYPE_WEIGHTS), weights=list(DTYPE_WEIGHTS.values()))[0]
+    claim_dtype(b, dtype)
+    return dtype
+
+
+def claim_dtype(b: Builder, dtype: torch.dtype) -> None:
+    """A chain computing in fp64 is not claimed (no kernel takes it), whatever it rounds to on the way."""
+    if dtype == FP64:
+        b.not_claimed("fp64")
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -497,10 +505,11 @@ def adaln_chain(b: Builder, link: Linkable | None) -> Chain:
     rng = b.rng
     if link is not None:
         shape, x_dtype, tolerance, x = link.shape, link.dtype, link.tolerance_dtype, link.name
+        claim_dtype(b, x_dtype)
         b.chain.depends_on = (link.chain,)
         b.note(f"x is chain {link.chain}'s output")
     else:
-        shape, x_dtype = adaln_shape(rng), pick_dtype(rng)
+        shape, x_dtype = adaln_shape(rng), pick_dtype(b)
         tolerance = x_dtype
         x = strided_tensor(b, "x", shape, x_dtype)
     b.note(f"x {list(shape)}")
@@ -532,11 +541,12 @@ def residual_chain(b: Builder, link: Linkable | None) -> Chain:
     rng = b.rng
     if link is not None:
         shape, x_dtype, tolerance = link.shape, link.dtype, link.tolerance_dtype
+        claim_dtype(b, x_dtype)
         b.chain.depends_on = (link.chain,)
         b.note(f"x is chain {link.chain}'s output")
         x = link.name
     else:
-        shape, x_dtype = adaln_shape(rng), pick_dtype(rng)
+        shape, x_dtype = adaln_shape(rng), pick_dtype(b)
         tolerance = x_dtype
         x = strided_tensor(b, "x", shape, x_dtype)
     b.note(f"x {list(shape)}")
@@ -580,7 +590,7 @@ def residual_chain(b: Builder, link: Linkable | None) -> Chain:
 def rope_chain(b: Builder) -> Chain:
     """q (and k) [B, L, H, D] or [B, H, L, D], optionally RMS-normalized, then rotated in one of four spellings."""
     rng = b.rng
-    dtype = pick_dtype(rng)
+    dtype = pick_dtype(b)
     batch, tokens, head_dim = rng.randint(1, 2), rng.randint(1, 6), rng.choice([8, 16, 32])
     layout = rng.choice(["BLHD", "BHLD"])
     rotation = rng.choice(["interleaved", "rotate_half", "unbind_dim_2", "complex", "slice assignment"])
@@ -734,7 +744,7 @@ def _rotate(b: Builder, stream: str, x: str, rotation: str, tables: tuple[str, .
 def conv1d_chain(b: Builder) -> Chain:
     """``F.conv1d(x, w[:, None, :], b, padding=K - 1, groups=C)[..., :L]`` (or an nn.Conv1d), optional SiLU, both layouts."""
     rng = b.rng
-    dtype = pick_dtype(rng)
+    dtype = pick_dtype(b)
     batch, channels, length, width = rng.randint(1, 2), rng.choice([4, 8, 12, 16]), rng.randint(1, 12), rng.randint(2, 8)
     layout = rng.choice(["channel-first", "token-major", "strided input"])
     weight_dtype = dtype if dtype == FP64 or rng.random() < 0.7 else FP32
