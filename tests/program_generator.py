@@ -25,6 +25,7 @@ DTYPE_WEIGHTS = {FP32: 4, BF16: 3, FP16: 3, FP64: 1}
 EPS_VALUES = (1e-6, 1e-5, 1e-8, 3e-4)
 FAMILIES = ("adaln", "residual_adaln", "rope", "causal_conv1d")
 PRECISION_ORDER = (BF16, FP16, FP32, FP64)  # least precise first
+MODES = ("no_grad", "inference_mode", "grad")
 
 SOURCE_HEADER = '''\
 import torch
@@ -93,6 +94,9 @@ class Program:
     seed: int
     chains: list[Chain]
     dynamic: bool = False
+    # How it runs: under torch.no_grad(), under torch.inference_mode(), or with gradients (the
+    # backward graph goes through the passes too, and the chains' intermediates are saved for it).
+    mode: str = "no_grad"
     is_subset: bool = False
 
     @property
@@ -119,7 +123,7 @@ class Program:
             if index not in keep:
                 keep.add(index)
                 stack.extend(by_index[index].depends_on)
-        return Program(self.seed, [by_index[i] for i in sorted(keep)], self.dynamic, is_subset=True)
+        return Program(self.seed, [by_index[i] for i in sorted(keep)], self.dynamic, self.mode, is_subset=True)
 
     def _lines(self) -> tuple[list[str], list[tuple[int, int]]]:
         lines = SOURCE_HEADER.splitlines() + ["", "", "class Program(torch.nn.Module):", "    def __init__(self):"]
@@ -280,7 +284,8 @@ def norm(
     """Normalize ``x`` (its last dim, ``hidden``; values in ``norm_dtype``): the normed name, and the least
     precise dtype it computes in (fp32 where a hand-written norm takes fp32 statistics of fp64 values)."""
     rng = b.rng
-    spelling = rng.choice(spellings)
+    # The unclaimed hand-written LayerNorm is drawn half as often as each claimed spelling.
+    spelling = rng.choices(spellings, weights=[1 if s == "layer_hand" else 2 for s in spellings])[0]
     eps = eps_argument(rng)
     dtype = dtype_name(norm_dtype)
     b.note(f"{spelling} eps={eps}")
@@ -434,7 +439,7 @@ def modulate(b: Builder, normed: str, operands: dict[str, Operand], number_shift
     scale = operands["scale"]
     form = rng.choices(
         ["1 + scale", "scale + 1", "1.0 + scale", "(1 + scale) reshaped", "precomputed", "number", "1 - scale", "2 + scale", "scale"],
-        weights=[6, 2, 1, 2 if scale.index else 0, 2, 1, 1, 1, 1],
+        weights=[12, 4, 2, 4 if scale.index else 0, 4, 2, 1, 1, 1],
     )[0]
     b.note(f"multiplier {form}")
     if form in ("1 - scale", "2 + scale"):
@@ -756,7 +761,7 @@ def conv1d_chain(b: Builder) -> Chain:
         x = b.let("x", f"{x_blc}.transpose(1, 2)")
     else:
         x = b.arg("x", f"{randn((batch, length, channels), dtype)}.transpose(1, 2)")
-    variant = rng.choices(["causal", "padding K", "dilation 2", "slice from 1", "K=9"], weights=[12, 1, 1, 1, 1])[0]
+    variant = rng.choices(["causal", "padding K", "dilation 2", "slice from 1", "K=9"], weights=[24, 1, 1, 1, 1])[0]
     if variant != "causal":
         b.not_claimed(f"not a causal conv1d ({variant})")
     width = 9 if variant == "K=9" else width
@@ -804,11 +809,11 @@ def conv1d_chain(b: Builder) -> Chain:
 # --- Programs --------------------------------------------------------------------------------------
 
 
-def generate_program(seed: int, max_chains: int = 3) -> Program:
-    """A program of 1 to ``max_chains`` random chains, drawn from ``seed`` alone."""
+def generate_program(seed: int) -> Program:
+    """A program of one to three random chains, how it is compiled and run, drawn from ``seed`` alone."""
     rng = random.Random(seed)
     chains: list[Chain] = []
-    for index in range(rng.randint(1, max_chains)):
+    for index in range(rng.randint(1, 3)):
         family = rng.choice(FAMILIES)
         b = Builder(rng, index, family)
         links = [chain.linkable for chain in chains if chain.linkable is not None]
@@ -821,4 +826,5 @@ def generate_program(seed: int, max_chains: int = 3) -> Program:
             chains.append(rope_chain(b))
         else:
             chains.append(conv1d_chain(b))
-    return Program(seed, chains, dynamic=rng.random() < 0.08)
+    dynamic = rng.random() < 0.08
+    return Program(seed, chains, dynamic, mode=rng.choices(MODES, weights=[7, 2, 2])[0])

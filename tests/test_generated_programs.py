@@ -1,7 +1,8 @@
 """Property-based tests: random programs (tests/program_generator.py) compiled with backend="fusion_passes" on CPU.
 
 Each program must (1) compile and run wherever Inductor alone does, (2) match an fp64 eager run of
-the same source within its dtype's tolerance, or at worst twice Inductor's own error, and (3) fuse
+the same source within its dtype's tolerance, or at worst twice Inductor's own error (its outputs,
+and for a program run with gradients, the gradients of its inputs and parameters too), and (3) fuse
 every chain the passes claim, or report it as a near miss with a reason. pytest runs a fixed-seed
 slice; the long run is
 
@@ -109,7 +110,10 @@ def instantiate(namespace: dict[str, Any], seed: int) -> torch.nn.Module:
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """``max |out - ref| / max |ref|`` in fp64; NaN where the reference is finite counts as infinite."""
+    """``max |out - ref| / max |ref|`` in fp64 (complex: of the real and imaginary parts); NaN counts as infinite."""
+    out, ref = out.detach(), ref.detach()
+    if out.is_complex():
+        out, ref = torch.view_as_real(out), torch.view_as_real(ref)
     if out.numel() == 0:
         return 0.0
     diff = (out.to(torch.float64) - ref.to(torch.float64)).abs()
@@ -120,14 +124,6 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 def as_tuple(value: Any) -> tuple[Any, ...]:
     """A module's outputs as a tuple."""
     return value if isinstance(value, tuple) else (value,)
-
-
-@dataclasses.dataclass
-class Compiled:
-    """A compiled run's outputs, or the exception it raised."""
-
-    outputs: tuple[torch.Tensor, ...] | None
-    error: str | None
 
 
 @contextlib.contextmanager
@@ -144,18 +140,64 @@ def no_graph_caches() -> Iterator[None]:
         yield
 
 
-def compile_and_run(model: torch.nn.Module, inputs: Sequence[Any], backend: str, dynamic: bool) -> Compiled:
-    """``torch.compile(model, backend=...)(*inputs)`` from a fresh Dynamo, no graph-cache hit."""
+MODES: dict[str, Callable[[], contextlib.AbstractContextManager[Any]]] = {
+    "no_grad": torch.no_grad, "inference_mode": torch.inference_mode, "grad": torch.enable_grad,
+}
+
+
+@dataclasses.dataclass
+class Run:
+    """A run's results: the outputs, then (with gradients) the gradient of a fixed weighted sum of the
+    outputs for each input and parameter (None where unused); or the traceback of what it raised."""
+
+    results: list[torch.Tensor | None]
+    error: str | None = None
+
+
+def _output_weight(output: torch.Tensor, index: int) -> torch.Tensor:
+    # Fixed random weights, exact in the output's dtype, so every run backpropagates the same values.
+    weight = torch.randn(output.shape, generator=torch.Generator().manual_seed(index), dtype=torch.float64)
+    return weight.to(output.dtype).to(torch.float64)
+
+
+def execute(program: Program, model: torch.nn.Module, inputs: Sequence[Any], backend: str | None) -> Run:
+    """``model(*inputs)`` in the program's mode, eager (``backend`` None) or compiled from a fresh Dynamo."""
     torch._dynamo.reset()
-    options = OPTIONS if backend == "fusion_passes" else None
+    if program.mode == "grad":
+        inputs = [t.detach().requires_grad_() if differentiable(t) else t for t in inputs]
     try:
-        with no_graph_caches():
-            compiled = torch.compile(model, backend=backend, options=options, dynamic=True if dynamic else None)
-            return Compiled(as_tuple(compiled(*inputs)), None)
+        with no_graph_caches(), MODES[program.mode]():
+            function = model if backend is None else torch.compile(
+                model, backend=backend, options=OPTIONS if backend == "fusion_passes" else None,
+                dynamic=True if program.dynamic else None,
+            )
+            outputs = list(as_tuple(function(*inputs)))
+            if program.mode != "grad":
+                return Run(outputs)
+            leaves = [t for t in [*inputs, *model.parameters()] if isinstance(t, torch.Tensor) and t.requires_grad]
+            loss = sum((out.to(torch.float64) * _output_weight(out, i)).sum() for i, out in enumerate(outputs) if out.requires_grad)
+            return Run(outputs + list(torch.autograd.grad(loss, leaves, allow_unused=True)))
     except Exception:  # noqa: BLE001  (a crash is a result here)
-        return Compiled(None, traceback.format_exc())
+        return Run([], traceback.format_exc())
     finally:
         torch._dynamo.reset()
+
+
+def differentiable(value: Any) -> bool:
+    """Whether ``value`` is an input that gets a gradient (a floating or complex tensor)."""
+    return isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex())
+
+
+def result_chains(program: Program, model: torch.nn.Module, inputs: Sequence[Any]) -> list[tuple[str, Chain]]:
+    """What each of a run's results is, and the chain it belongs to: outputs, then inputs' and parameters' gradients."""
+    by_index = {chain.index: chain for chain in program.chains}
+    results = [(f"output {name}", chain) for chain in program.chains for name in chain.outputs]
+    if program.mode == "grad":
+        args = [(arg, chain) for chain in program.chains for arg in chain.args]
+        results += [(f"gradient of {arg}", chain) for (arg, chain), value in zip(args, inputs, strict=True) if differentiable(value)]
+        # Submodules are named after their chain: c3_norm.weight.
+        results += [(f"gradient of {name}", by_index[int(name[1:].split("_")[0])]) for name, _ in model.named_parameters()]
+    return results
 
 
 def run_program(program: Program) -> Outcome:
@@ -174,43 +216,46 @@ def _check(program: Program, outcome: Outcome) -> None:
     inputs = namespace["make_inputs"](program.seed)
     model = instantiate(namespace, program.seed)
     reference_model = instantiate(reference_namespace, program.seed).to(torch.float64)
-    with torch.no_grad():
-        try:
-            eager = as_tuple(model(*inputs))
-            reference = as_tuple(reference_model(*map(to_fp64, inputs)))
-        except Exception:  # noqa: BLE001
-            outcome.fail("invalid program", f"eager run raised (a generator bug)\n{traceback.format_exc()}")
+    eager = execute(program, model, inputs, None)
+    reference = execute(program, reference_model, [to_fp64(t) for t in inputs], None)
+    for run in (eager, reference):
+        if run.error is not None:
+            outcome.fail("invalid program", f"eager run raised (a generator bug)\n{run.error}")
             return
-        fusion_passes.reset_report()
-        ours = compile_and_run(model, inputs, "fusion_passes", program.dynamic)
-        report = fusion_passes.report()
-        outcome.report = report.summary()
-        inductor: Compiled | None = None
-        if ours.error is not None:
-            inductor = compile_and_run(model, inputs, "inductor", program.dynamic)
-            if inductor.error is not None:
-                outcome.fail("invalid program", f"Inductor alone raises too (a generator bug)\n{inductor.error}")
-            else:
-                outcome.fail("crash", ours.error)
+    fusion_passes.reset_report()
+    ours = execute(program, model, inputs, "fusion_passes")
+    report = fusion_passes.report()
+    outcome.report = report.summary()
+    inductor: Run | None = None
+    if ours.error is not None:
+        inductor = execute(program, model, inputs, "inductor")
+        if inductor.error is not None:
+            outcome.fail("invalid program", f"Inductor alone raises too (a generator bug)\n{inductor.error}")
+        else:
+            outcome.fail("crash", ours.error)
+        return
+    if any(graph.cache_hit for graph in report.graphs):
+        outcome.fail("invalid program", "a graph came from the FX graph cache: the passes did not run")
+        return
+    for index, (what, chain) in enumerate(result_chains(program, model, inputs)):
+        out, expected, ref = ours.results[index], eager.results[index], reference.results[index]
+        if expected is None:
+            continue
+        if out is None or out.shape != expected.shape or out.dtype != expected.dtype:
+            got = None if out is None else f"{out.dtype}{list(out.shape)}"
+            outcome.fail("wrong result", f"{what} ({chain.label}): {got}, eager gives {expected.dtype}{list(expected.shape)}")
+            continue
+        error, floor = relative_error(out, ref), TOLERANCE_FLOOR[chain.tolerance_dtype]
+        if error <= floor:
+            continue
+        inductor = inductor or execute(program, model, inputs, "inductor")
+        if inductor.error is not None:
+            outcome.fail("crash", f"Inductor alone raised where ours did not\n{inductor.error}")
             return
-        if any(graph.cache_hit for graph in report.graphs):
-            outcome.fail("invalid program", "a graph came from the FX graph cache: the passes did not run")
-            return
-        output_chains = [chain for chain in program.chains for _ in chain.outputs]
-        errors = [relative_error(out, ref) for out, ref in zip(ours.outputs, reference, strict=True)]
-        for index, (out, expected, chain, error) in enumerate(zip(ours.outputs, eager, output_chains, errors, strict=True)):
-            if out.shape != expected.shape or out.dtype != expected.dtype:
-                outcome.fail("wrong result", f"output {index} ({chain.label}): {out.dtype}{list(out.shape)}, "
-                                             f"eager gives {expected.dtype}{list(expected.shape)}")
-            elif error > TOLERANCE_FLOOR[chain.tolerance_dtype]:
-                inductor = inductor or compile_and_run(model, inputs, "inductor", program.dynamic)
-                if inductor.error is not None:
-                    outcome.fail("crash", f"Inductor alone raised where ours did not\n{inductor.error}")
-                    return
-                inductor_error = relative_error(inductor.outputs[index], reference[index])
-                if error > max(2 * inductor_error, TOLERANCE_FLOOR[chain.tolerance_dtype]):
-                    outcome.fail("wrong result", f"output {index} ({chain.label}): error {error:.3g} against fp64, "
-                                                 f"Inductor alone {inductor_error:.3g}, floor {TOLERANCE_FLOOR[chain.tolerance_dtype]:.3g}")
+        inductor_error = relative_error(inductor.results[index], ref)
+        if error > max(2 * inductor_error, floor):
+            outcome.fail("wrong result", f"{what} ({chain.label}): error {error:.3g} against fp64, "
+                                         f"Inductor alone {inductor_error:.3g}, floor {floor:.3g}")
     _check_fusions(program, outcome, report)
 
 
@@ -269,7 +314,9 @@ def shrink(outcome: Outcome, run: Callable[[Program], Outcome] = run_program) ->
 
 
 def reproducer(program: Program) -> str:
-    """A runnable script: the program's source, then a compile with the passes that prints the report and errors."""
+    """A runnable script: the program's source, then a compile with the passes that prints the report and
+    how far each output is from eager (the forward only, also for a program run with gradients)."""
+    mode = {"no_grad": "torch.no_grad()", "inference_mode": "torch.inference_mode()", "grad": "torch.enable_grad()"}[program.mode]
     return program.source() + f'''
 
 if __name__ == "__main__":
@@ -278,7 +325,7 @@ if __name__ == "__main__":
     inputs = make_inputs({program.seed})
     torch.manual_seed({program.seed})
     model = Program()
-    with torch.no_grad():
+    with {mode}:
         expected = model(*inputs)
         compiled = torch.compile(model, backend="fusion_passes", options={OPTIONS!r}, dynamic={True if program.dynamic else None})
         outputs = compiled(*inputs)
