@@ -82,6 +82,8 @@ class Chain:
     # How many fused calls it becomes where it fuses (two for q and k).
     expected_count: int = 1
     tolerance_dtype: torch.dtype = FP32
+    # The norm spellings it uses (NORM_SPELLINGS).
+    norms: set[str] = dataclasses.field(default_factory=set)
     # The ``index`` of earlier chains this one reads an output of.
     depends_on: tuple[int, ...] = ()
     linkable: Linkable | None = None
@@ -289,6 +291,7 @@ def norm(
     eps = eps_argument(rng)
     dtype = dtype_name(norm_dtype)
     b.note(f"{spelling} eps={eps}")
+    b.chain.norms.add(spelling)
 
     def weight(base: str) -> str:
         return b.arg(base, f"1 + 0.5 * {randn((hidden,), norm_dtype)}")
