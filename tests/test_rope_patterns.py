@@ -1259,3 +1259,34 @@ def test_slice_assignment_into_empty_like_of_a_transposed_x_fuses() -> None:
     result = capture(wan_rope, *args)
     assert rope_records(result) == ["rope[interleaved, slice assignment]"]
     assert_matches_fp64(result, wan_rope, args, torch.float32)
+
+
+def qk_norm_then_transpose(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """transformers' Qwen3 attention: q_norm over D on [B, L, H, D], then ``transpose(1, 2)``, then rotate_half."""
+    q = rms_norm(x.unflatten(-1, (H, D)), weight).transpose(1, 2)
+    return q * cos[None, None] + rotate_half(q) * sin[None, None]
+
+
+def norm_across_heads_then_transpose(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """An RMSNorm over all heads of [B, L, H * D], the head split, then ``transpose(1, 2)`` to [B, H, L, D]."""
+    q = rms_norm(x, weight).unflatten(-1, (H, D)).transpose(1, 2)
+    return interleaved_rotation(q, cos[None, None], sin[None, None])
+
+
+@pytest.mark.parametrize(
+    ("fn", "weight_size", "interleaved"),
+    [(qk_norm_then_transpose, D, False), (norm_across_heads_then_transpose, H * D, True)],
+)
+def test_a_norm_read_through_a_transpose_is_reported_as_not_absorbed(
+    fn: Callable[..., Any], weight_size: int, interleaved: bool
+) -> None:
+    """The rotation fuses without the norm, and the report says why instead of dropping the norm silently."""
+    args = [randn(B, L, H * D), randn(weight_size), *real_tables(interleaved=interleaved)]
+    result = capture(fn, *args)
+    (pattern,) = rope_records(result)
+    assert re.fullmatch(
+        r"rope\[(interleaved|half-split)\] \(norm not absorbed: the rotation reads the norm's output \w+ through a permute "
+        r"\(\[B, L, H, D\] to \[B, H, L, D\]\), which the fused op does not absorb\)",
+        pattern,
+    ), pattern
+    assert_matches_fp64(result, fn, args, torch.float32)
