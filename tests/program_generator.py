@@ -661,10 +661,18 @@ def rope_chain(b: Builder) -> Chain:
             b.note(f"{stream} joint text {text_tokens} + image {tokens - text_tokens} tokens")
         else:
             parts = [(stream, tokens)]
+        # transformers' Qwen3: the per-head norm on [B, L, H, D], then the transpose to [B, H, L, D].
+        norm_first = layout == "BHLD" and norm_spelling not in ("none", "across heads") and rng.random() < 0.3
         xs = []
         for part, part_tokens in parts:
-            x = _rope_stream_input(b, part, batch, part_tokens, heads, head_dim, dtype, layout, norm_spelling == "across heads")
-            if norm_spelling == "across heads":
+            x_layout = "BLHD" if norm_first else layout
+            x = _rope_stream_input(b, part, batch, part_tokens, heads, head_dim, dtype, x_layout, norm_spelling == "across heads")
+            if norm_first:
+                b.note(f"{part} normalized before the transpose")
+                x, norm_tolerance = norm(b, x, head_dim, dtype, spellings=(norm_spelling,))
+                tolerance = least_precise(tolerance, norm_tolerance)
+                x = b.let(f"{part}_bhld", f"{x}.transpose(1, 2)")
+            elif norm_spelling == "across heads":
                 flat, _ = norm(b, x, heads * head_dim, dtype, spellings=("rms_norm",))
                 x = b.let(f"{part}_heads", f"{flat}.unflatten(-1, ({heads}, {head_dim}))")
                 if layout == "BHLD":

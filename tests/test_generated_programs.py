@@ -301,12 +301,14 @@ def _check_fusions(program: Program, outcome: Outcome, report: fusion_passes.Fus
             for record in records:
                 fused[None].remove(record)
             misses = [m for m in missed.get(None, []) if m.fusion == chain.expected][:1]
-        complete = [r for r in records if r.fusion == chain.expected and "not absorbed" not in r.pattern]
-        degraded = [f"fused as {r.pattern}" for r in records if r not in complete]
+        # A RoPE chain with a q/k norm fuses completely only with the norm absorbed ("norm -> rope[...]").
+        absorbed = "-> rope[" if chain.family == "rope" and chain.norms else ""
+        complete = [r for r in records if r.fusion == chain.expected and absorbed in r.pattern and "not absorbed" not in r.pattern]
+        explained = [f"fused as {r.pattern}" for r in records if r not in complete and "not absorbed" in r.pattern]
         if len(complete) >= chain.expected_count:
             outcome.chains.append(ChainOutcome(chain, "fused"))
-        elif misses or degraded:
-            outcome.chains.append(ChainOutcome(chain, "near miss", [*degraded, *(f"{m.fusion}: {m.reason}" for m in misses)]))
+        elif misses or explained:
+            outcome.chains.append(ChainOutcome(chain, "near miss", [*explained, *(f"{m.fusion}: {m.reason}" for m in misses)]))
         elif gap := next((why for why, applies in KNOWN_GAPS if applies(program, chain)), None):
             outcome.chains.append(ChainOutcome(chain, "known gap", [gap]))
         else:
