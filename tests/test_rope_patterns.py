@@ -1263,7 +1263,7 @@ def test_slice_assignment_into_empty_like_of_a_transposed_x_fuses() -> None:
 
 def qk_norm_then_transpose(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """transformers' Qwen3 attention: q_norm over D on [B, L, H, D], then ``transpose(1, 2)``, then rotate_half."""
-    q = rms_norm(x.unflatten(-1, (H, D)), weight).transpose(1, 2)
+    q = rms_norm(x, weight).transpose(1, 2)
     return q * cos[None, None] + rotate_half(q) * sin[None, None]
 
 
@@ -1274,14 +1274,19 @@ def norm_across_heads_then_transpose(x: torch.Tensor, weight: torch.Tensor, cos:
 
 
 @pytest.mark.parametrize(
-    ("fn", "weight_size", "interleaved"),
-    [(qk_norm_then_transpose, D, False), (norm_across_heads_then_transpose, H * D, True)],
+    ("fn", "x", "weight_size", "interleaved"),
+    [
+        (qk_norm_then_transpose, lambda: randn(B, L, H, D), D, False),
+        # The norm of a transposed x: a clone between the norm and the transpose back.
+        (qk_norm_then_transpose, lambda: randn(B, H, L, D).transpose(1, 2), D, False),
+        (norm_across_heads_then_transpose, lambda: randn(B, L, H * D), H * D, True),
+    ],
 )
 def test_a_norm_read_through_a_transpose_is_reported_as_not_absorbed(
-    fn: Callable[..., Any], weight_size: int, interleaved: bool
+    fn: Callable[..., Any], x: Callable[[], torch.Tensor], weight_size: int, interleaved: bool
 ) -> None:
     """The rotation fuses without the norm, and the report says why instead of dropping the norm silently."""
-    args = [randn(B, L, H * D), randn(weight_size), *real_tables(interleaved=interleaved)]
+    args = [x(), randn(weight_size), *real_tables(interleaved=interleaved)]
     result = capture(fn, *args)
     (pattern,) = rope_records(result)
     assert re.fullmatch(

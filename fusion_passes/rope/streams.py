@@ -255,6 +255,9 @@ def _norm_behind_permute(stream: Stream) -> Norm | None:
     if value.op != "call_function" or value.target is not aten.permute.default:
         return None
     source = value.args[0]
+    # F.rms_norm of a non-contiguous input leaves a clone before the permute.
+    while isinstance(source, torch.fx.Node) and source.target is aten.clone.default:
+        source = source.args[0]
     if not isinstance(source, torch.fx.Node):
         return None
     norm = match_norm(source)
