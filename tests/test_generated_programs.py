@@ -150,7 +150,7 @@ def instantiate(namespace: dict[str, Any], seed: int) -> torch.nn.Module:
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     """``max |out - ref| / max |ref|`` in fp64 (complex: of the real and imaginary parts); NaN counts as infinite."""
-    out, ref = out.detach(), ref.detach()
+    out, ref = out.detach().resolve_conj(), ref.detach().resolve_conj()
     if out.is_complex():
         out, ref = torch.view_as_real(out), torch.view_as_real(ref)
     if out.numel() == 0:
@@ -245,6 +245,8 @@ def run_program(program: Program) -> Outcome:
     outcome = Outcome(program)
     try:
         _check(program, outcome)
+    except Exception:  # noqa: BLE001  (one program's harness failure must not end a long run)
+        outcome.fail("invalid program", f"the test harness failed (a bug in it)\n{traceback.format_exc()}")
     finally:
         outcome.seconds = time.perf_counter() - started
     return outcome
