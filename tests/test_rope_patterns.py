@@ -1272,3 +1272,52 @@ def test_norm_divided_by_its_root_is_absorbed(dtype: torch.dtype, record: str) -
     result = capture(rms_norm_divided_by_root_flux_rope, *args)
     assert rope_records(result) == [record]
     assert_matches_fp64(result, rms_norm_divided_by_root_flux_rope, args, dtype)
+
+
+# --- Found by the generated programs (tests/test_generated_programs.py) -----------------------------
+
+
+def test_slice_assignment_into_empty_like_of_a_transposed_x_fuses() -> None:
+    """``empty_like`` of a transposed x is ``empty`` then ``permute`` in the graph: still a tensor no
+    element of which is written before the scatters, so Wan's rotation of that x fuses."""
+    cos, sin = real_tables()
+    args = [randn(B, H, L, D).transpose(1, 2), cos[None, :, None], sin[None, :, None]]
+    result = capture(wan_rope, *args)
+    assert rope_records(result) == ["rope[interleaved, slice assignment]"]
+    assert_matches_fp64(result, wan_rope, args, torch.float32)
+
+
+def qk_norm_then_transpose(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """transformers' Qwen3 attention: q_norm over D on [B, L, H, D], then ``transpose(1, 2)``, then rotate_half."""
+    q = rms_norm(x, weight).transpose(1, 2)
+    return q * cos[None, None] + rotate_half(q) * sin[None, None]
+
+
+def norm_across_heads_then_transpose(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """An RMSNorm over all heads of [B, L, H * D], the head split, then ``transpose(1, 2)`` to [B, H, L, D]."""
+    q = rms_norm(x, weight).unflatten(-1, (H, D)).transpose(1, 2)
+    return interleaved_rotation(q, cos[None, None], sin[None, None])
+
+
+@pytest.mark.parametrize(
+    ("fn", "x", "weight_size", "interleaved"),
+    [
+        (qk_norm_then_transpose, lambda: randn(B, L, H, D), D, False),
+        # The norm of a transposed x: a clone between the norm and the transpose back.
+        (qk_norm_then_transpose, lambda: randn(B, H, L, D).transpose(1, 2), D, False),
+        (norm_across_heads_then_transpose, lambda: randn(B, L, H * D), H * D, True),
+    ],
+)
+def test_a_norm_read_through_a_transpose_is_reported_as_not_absorbed(
+    fn: Callable[..., Any], x: Callable[[], torch.Tensor], weight_size: int, interleaved: bool
+) -> None:
+    """The rotation fuses without the norm, and the report says why instead of dropping the norm silently."""
+    args = [x(), randn(weight_size), *real_tables(interleaved=interleaved)]
+    result = capture(fn, *args)
+    (pattern,) = rope_records(result)
+    assert re.fullmatch(
+        r"rope\[(interleaved|half-split)\] \(norm not absorbed: the rotation reads the norm's output \w+ through a permute "
+        r"\(\[B, L, H, D\] to \[B, H, L, D\]\), which the fused op does not absorb\)",
+        pattern,
+    ), pattern
+    assert_matches_fp64(result, fn, args, torch.float32)

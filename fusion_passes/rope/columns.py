@@ -328,6 +328,14 @@ def _sum_handler(sign: int) -> Callable[..., LinearValue]:
 _EMPTY_TARGETS = {aten.empty.memory_format, aten.empty_like.default, aten.new_empty.default, aten.empty_strided.default}
 
 
+def _is_empty(node: Any) -> bool:
+    # A tensor none of whose elements is written yet: an empty one, or a permutation of one
+    # (``empty_like`` of a transposed x is ``empty`` then ``permute``).
+    while isinstance(node, torch.fx.Node) and node.target is aten.permute.default:
+        node = node.args[0]
+    return isinstance(node, torch.fx.Node) and node.target in _EMPTY_TARGETS
+
+
 def _scattered(
     interpreter: Interpreter, node: torch.fx.Node, base: Any, source: Any, dim: int = 0, start: int | None = None,
     end: int | None = None, step: int = 1,
@@ -339,7 +347,7 @@ def _scattered(
         base_value = interpreter.linear(base, moved=True)
         rounded = _common_rounding([value, base_value])
         terms = base_value.terms.copy()
-    elif isinstance(base, torch.fx.Node) and base.target in _EMPTY_TARGETS:
+    elif _is_empty(base):
         terms = np.empty(interpreter.trailing_shape(base), dtype=object)
     else:
         raise NotARotation("scatters into a tensor that is neither empty nor computed from x")

@@ -249,12 +249,37 @@ def _stream_norm(stream: Stream) -> tuple[Norm, tuple[Any, ...] | None] | None:
     return None
 
 
+def _norm_behind_permute(stream: Stream) -> Norm | None:
+    # A norm (per head, or over all heads before a head split) the stream reads through a permute,
+    # as [B, L, H, D] -> [B, H, L, D] models do: the fused call does not absorb it.
+    value = stream.input
+    if value.op != "call_function" or value.target is not aten.permute.default:
+        return None
+    source = value.args[0]
+    # F.rms_norm of a non-contiguous input leaves a clone before the permute.
+    while isinstance(source, torch.fx.Node) and source.target is aten.clone.default:
+        source = source.args[0]
+    if not isinstance(source, torch.fx.Node):
+        return None
+    norm = match_norm(source)
+    if norm is None and source.target is aten.reshape.default and isinstance(source.args[0], torch.fx.Node):
+        split = _norm_under_head_split(source, source.args[0])
+        norm = split[0] if split is not None else None
+    return norm
+
+
 def absorb_norms(group: Group) -> None:
     """Give every stream its norm, if all streams have one of the same kind and every use of each
     norm's output is inside the group (the fused call then replaces the norms too); otherwise say
     why in ``group.unabsorbed_norm_reason``."""
     found = [_stream_norm(stream) for stream in group.streams]
     if all(item is None for item in found):
+        permuted = next((norm for norm in map(_norm_behind_permute, group.streams) if norm is not None), None)
+        if permuted is not None:
+            group.unabsorbed_norm_reason = (
+                f"the rotation reads the norm's output {permuted.output.name} through a permute "
+                "([B, L, H, D] to [B, H, L, D]), which the fused op does not absorb"
+            )
         return
     if any(item is None for item in found):
         group.unabsorbed_norm_reason = "some streams are normalized and some are not"
