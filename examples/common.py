@@ -63,7 +63,8 @@ def parser(description: str, options: dict[str, tuple[type, str]]) -> argparse.A
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--size", choices=model_zoo.SIZES, default="full" if cuda else "tiny",
                         help="model dimensions (default: full where a GPU is present, else tiny)")
-    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16" if cuda else "float32")
+    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16" if cuda else "float32",
+                        help="default: bfloat16 where a GPU is present, else float32")
     for name, (kind, help_text) in options.items():
         flag = "--" + name.replace("_", "-")
         if kind is bool:
