@@ -61,3 +61,5 @@ def test_example(name, capsys):
     assert report.summary() in out
     if not torch.cuda.is_available():  # on CUDA the size rule leaves these tiny shapes to Inductor
         assert report.counts() == counts, out
+        # The edit model's image-stream norms choose their modulation per token.
+        assert out.count("+select01") == (2 if "--edit" in argv else 0), out
