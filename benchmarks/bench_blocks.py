@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,63 +23,17 @@ import torch
 import fusion_passes
 from timing import back_to_back_ms, cuda_graph_ms, host_ms
 
-
-def flux(pixels: int = 1024, num_layers: int = 1, num_single_layers: int = 1) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """FLUX.1 at ``pixels`` square: C=3072, 24 heads x 128, (pixels/16)^2 image + 512 text tokens (full depth: 19 + 38 blocks)."""
-    from diffusers import FluxTransformer2DModel
-
-    model = FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=num_layers, num_single_layers=num_single_layers, attention_head_dim=128,
-        num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
-        axes_dims_rope=(16, 56, 56),
-    )
-    tokens = (pixels // 16) ** 2
-    inputs = dict(
-        hidden_states=torch.randn(1, tokens, 64), encoder_hidden_states=torch.randn(1, 512, 4096),
-        pooled_projections=torch.randn(1, 768), timestep=torch.rand(1), guidance=torch.full((1,), 3.5),
-        img_ids=torch.randn(tokens, 3), txt_ids=torch.zeros(512, 3),
-    )
-    return model, inputs
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import model_zoo  # noqa: E402
 
 
-def qwen_image(pixels: int = 1024, edit: bool = False, num_layers: int = 1) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Qwen-Image at ``pixels`` square ((pixels/16)^2 latent patches), C=3072 (full depth: 60 blocks); ``edit``: a reference image too."""
-    from diffusers import QwenImageTransformer2DModel
-
-    model = QwenImageTransformer2DModel(
-        patch_size=2, in_channels=64, out_channels=16, num_layers=num_layers, attention_head_dim=128, num_attention_heads=24,
-        joint_attention_dim=3584, axes_dims_rope=(16, 56, 56), zero_cond_t=edit,
-    )
-    side = pixels // 16
-    shapes = [(1, side, side), (1, side, side)] if edit else [(1, side, side)]
-    tokens = sum(f * h * w for f, h, w in shapes)
-    inputs = dict(
-        hidden_states=torch.randn(1, tokens, 64), encoder_hidden_states=torch.randn(1, 512, 3584),
-        encoder_hidden_states_mask=torch.ones(1, 512, dtype=torch.long), timestep=torch.rand(1),
-        img_shapes=[shapes],
-    )
-    return model, inputs
-
-
-def wan(video: str = "81x480x832", num_layers: int = 1) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Wan 2.1 1.3B on a ``frames x height x width`` video: C=1536, 12 heads x 128 (81x480x832: 32760 tokens; full depth: 30 blocks)."""
-    from diffusers import WanTransformer3DModel
-
-    frames, height, width = (int(size) for size in video.split("x"))
-
-    model = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
-        text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=num_layers, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-    )
-    inputs = dict(
-        hidden_states=torch.randn(1, 16, (frames - 1) // 4 + 1, height // 8, width // 8), timestep=torch.randint(0, 1000, (1,)),
-        encoder_hidden_states=torch.randn(1, 512, 4096),
-    )
-    return model, inputs
-
-
-MODELS = {"flux": flux, "qwen_image": qwen_image, "qwen_image_edit": lambda size: qwen_image(size, edit=True), "wan": wan}
+# One block of each kind at the full-size dimensions (examples/model_zoo.py).
+BLOCK_MODELS = {
+    "flux": (model_zoo.flux, dict(layers=1, single_layers=1)),
+    "qwen_image": (model_zoo.qwen_image, dict(layers=1)),
+    "qwen_image_edit": (model_zoo.qwen_image, dict(layers=1, edit=True)),
+    "wan": (model_zoo.wan, dict(layers=1)),
+}
 # The sizes users run: small and full resolutions.
 DEFAULT_CASES = "flux:256,flux:512,flux:1024,qwen_image:512,qwen_image:1024,wan:17x256x256,wan:81x480x832"
 
@@ -148,12 +103,9 @@ def main() -> None:
     rows = []
     for case in args.cases.split(","):
         model_name, size = case.split(":")
-        torch.manual_seed(0)
-        with torch.device("cuda"):
-            model, inputs = MODELS[model_name](int(size) if size.isdigit() else size)
-        model = model.to(torch.bfloat16).eval()
-        inputs = {k: v.to("cuda", torch.bfloat16) if isinstance(v, torch.Tensor) and v.is_floating_point() else
-                  v.cuda() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        builder, kwargs = BLOCK_MODELS[model_name]
+        resolution = dict(video=size) if "x" in size else dict(pixels=int(size))  # a video FxHxW, or an image side
+        model, inputs = model_zoo.build(builder, torch.bfloat16, "cuda", size="full", **kwargs, **resolution)
         for block_name, (block, block_args, block_kwargs) in record_block_inputs(model, inputs).items():
             print(f"compiling and timing {model_name} {size} {block_name}", flush=True)
             row = bench_block(block_name, block, block_args, block_kwargs)

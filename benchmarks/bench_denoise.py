@@ -19,30 +19,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_blocks import MODELS, first_tensor, relative_error
+from bench_blocks import BLOCK_MODELS, first_tensor, model_zoo, relative_error
 
 import fusion_passes
 from timing import back_to_back_ms
 
-# Full depth of each model (bench_blocks builds one block of each kind with the same widths).
-DEPTHS = {"flux": dict(num_layers=19, num_single_layers=38), "qwen_image": dict(num_layers=60), "wan": dict(num_layers=30)}
 DEFAULT_CASES = "flux:1024,qwen_image:1024,wan:81x480x832"
 
 
 def build(model_name: str, size: str) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The full-depth transformer and one step's inputs, in bf16 on the GPU."""
-    if model_name not in DEPTHS:
-        raise SystemExit(f"--cases: expected a model in {sorted(DEPTHS)}, got {model_name!r}")
-    # Made on the GPU in bf16: a 20B-parameter model initialized on the CPU in fp32 takes minutes.
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device("cuda"):
-            model, inputs = MODELS[model_name](int(size) if size.isdigit() else size, **DEPTHS[model_name])
-    finally:
-        torch.set_default_dtype(torch.float32)
-    inputs = {name: value.to("cuda", torch.bfloat16) if isinstance(value, torch.Tensor) and value.is_floating_point()
-              else value.to("cuda") if isinstance(value, torch.Tensor) else value for name, value in inputs.items()}
-    return model.to(device="cuda", dtype=torch.bfloat16).eval(), inputs
+    """The full-depth transformer (examples/model_zoo.py's full size) and one step's inputs, in bf16 on the GPU."""
+    if model_name not in BLOCK_MODELS:
+        raise SystemExit(f"--cases: expected a model in {sorted(BLOCK_MODELS)}, got {model_name!r}")
+    builder, block_kwargs = BLOCK_MODELS[model_name]
+    # The block benchmark's options without its depth of one block per kind: the model's full depth.
+    options = {name: value for name, value in block_kwargs.items() if not name.endswith("layers")}
+    resolution = dict(video=size) if "x" in size else dict(pixels=int(size))
+    return model_zoo.build(builder, torch.bfloat16, "cuda", size="full", **options, **resolution)
 
 
 def step_ms(model: torch.nn.Module, inputs: dict[str, Any]) -> tuple[float, torch.Tensor]:

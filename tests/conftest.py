@@ -1,6 +1,8 @@
 """Test setup: Triton's CPU interpreter where there is no GPU, fresh compiles, a clean report."""
 
 import os
+import sys
+from pathlib import Path
 
 import torch
 
@@ -13,6 +15,9 @@ import pytest  # noqa: E402
 import fusion_passes  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# The examples and their model zoo (the tiny configs the model tests build) are imported by the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 
 @pytest.fixture(autouse=True)
