@@ -43,8 +43,9 @@ def _source_digest() -> str:
 
     digest = hashlib.sha256()
     for package in (fusion_passes, fusion_passes.kernels):
-        for path in sorted(Path(package.__path__[0]).glob("*.py")):
-            digest.update(path.name.encode())
+        root = Path(package.__path__[0])
+        for path in sorted(root.rglob("*.py")):  # subpackages too (rope/)
+            digest.update(str(path.relative_to(root)).encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()
 
