@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from fusion_passes.kernels.common import SUPPORTED_DTYPES, check_devices, device_error, kernel_or_reference, needs_dispatcher
-from fusion_passes.kernels.launch import KernelLaunch, NotEmittable, register_emitter, size_hint
+from fusion_passes.kernels.launch import DirectLaunch, KernelLaunch, NotEmittable, register_emitter, size_hint
 
 ACTIVATIONS = ("none", "silu")
 MIN_KERNEL_WIDTH = 2
@@ -378,16 +378,11 @@ def kernel_launch(
     else:
         x_strides, out_strides = x.stride(), out.stride()
         max_tokens = length = x.shape[2]
-    if call.sequences == 0 or (out.numel() == 0 and (final is None or final.numel() == 0)):
+    if _nothing_to_do(call.sequences, out, final):
         return None
     channel_last = x.stride(-2) == 1 and x.shape[-1] > 1
     config = config or launch_config(call.channels, size_hint(max_tokens), channel_last)
-    channel_blocks = triton.cdiv(call.channels, config.block_channels)
-    token_blocks = torch.sym_max(1, triton.cdiv(max_tokens, config.block_tokens))
-    token_blocks = torch.sym_min(token_blocks, max(1, TARGET_PROGRAMS // (size_hint(call.sequences) * channel_blocks)))
-    token_blocks = torch.sym_min(token_blocks, MAX_GRID_YZ)
-    if channel_blocks > MAX_GRID_YZ:
-        raise ValueError(f"channels: {call.channels} need {channel_blocks} channel blocks, over the grid's {MAX_GRID_YZ}")
+    grid = _grid(call.sequences, call.channels, max_tokens, config)
     init, flags = call.initial_states, call.has_initial_state
     init_strides = init.stride() if init is not None else (0, 0, 0)
     final_strides = final.stride() if final is not None else (0, 0, 0)
@@ -411,7 +406,21 @@ def kernel_launch(
         num_warps=config.num_warps,
     )
     outputs = ("out_ptr",) + (("final_ptr",) if final is not None else ())
-    return KernelLaunch(_causal_conv1d_kernel, (call.sequences, token_blocks, channel_blocks), arguments, outputs)
+    return KernelLaunch(_causal_conv1d_kernel, grid, arguments, outputs)
+
+
+def _nothing_to_do(sequences: int, out: torch.Tensor, final: torch.Tensor | None) -> bool:
+    return sequences == 0 or (out.numel() == 0 and (final is None or final.numel() == 0))
+
+
+def _grid(sequences: int, channels: int, max_tokens: int, config: LaunchConfig) -> tuple[int, int, int]:
+    # (sequence, token block, channel block); programs loop over token blocks past the target count.
+    channel_blocks = triton.cdiv(channels, config.block_channels)
+    if channel_blocks > MAX_GRID_YZ:
+        raise ValueError(f"channels: {channels} need {channel_blocks} channel blocks, over the grid's {MAX_GRID_YZ}")
+    token_blocks = torch.sym_max(1, triton.cdiv(max_tokens, config.block_tokens))
+    token_blocks = torch.sym_min(token_blocks, max(1, TARGET_PROGRAMS // (size_hint(sequences) * channel_blocks)))
+    return sequences, torch.sym_min(token_blocks, MAX_GRID_YZ), channel_blocks
 
 
 _CONV1D_ARGUMENT_NAMES = (
@@ -578,5 +587,82 @@ def causal_conv1d_varlen(
     arguments = (x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation or "none", max_seqlen)
     if needs_dispatcher(arguments[:6]):
         return causal_conv1d_varlen_op(*arguments)
-    # A serving loop calls this eagerly: straight to the implementation the op would run.
-    return _run(_packed_call(*arguments))
+    # A serving loop calls this eagerly: straight to the implementation the op would run, planned
+    # once per operand layout.
+    return _eager_packed(*arguments)
+
+
+# --- Eager packed calls ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _PackedPlan:
+    """What an eager packed call's checks and launch depend on, apart from its token count."""
+
+    error: str | None
+    on_kernel: bool  # else the reference computes it
+    launches: dict[tuple[LaunchConfig, bool], DirectLaunch] = dataclasses.field(default_factory=dict)
+
+
+# The launch arguments that change from call to call of one layout; the rest are planned.
+_PACKED_RUNTIME_ARGUMENTS = ("x_ptr", "weight_ptr", "bias_ptr", "out_ptr", "cu_seqlens_ptr", "init_ptr", "has_init_ptr",
+                             "final_ptr", "length", "sxc", "sxt", "soc", "sot")
+_PACKED_PLANS: dict[tuple[object, ...], _PackedPlan] = {}
+_MAX_PACKED_PLANS = 4096
+
+
+def _operand_layout(tensor: torch.Tensor | None) -> tuple[object, ...] | None:
+    return None if tensor is None else (tensor.shape, tensor.stride(), tensor.dtype, tensor.device)
+
+
+def _eager_packed(x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen):
+    # The op's implementation with its checks and launch plan looked up by the operands' layout
+    # (everything but the token count, which changes on every serving step).
+    if x.dim() != 2:
+        return _run(_packed_call(x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen))
+    key = (
+        x.shape[0], x.stride(0) < x.stride(1), x.dtype, x.device, _operand_layout(weight), _operand_layout(bias),
+        _operand_layout(cu_seqlens), _operand_layout(initial_states), _operand_layout(has_initial_state), activation,
+        max_seqlen if max_seqlen is None else max_seqlen >= 0,
+    )
+    plan = _PACKED_PLANS.get(key)
+    if plan is None:
+        call = _packed_call(x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen)
+        error = argument_error(call)
+        plan = _PackedPlan(error, error is None and x.device.type == "cuda" and unsupported_reason(call) is None)
+        if len(_PACKED_PLANS) >= _MAX_PACKED_PLANS:
+            _PACKED_PLANS.clear()
+        _PACKED_PLANS[key] = plan
+    if plan.error is not None:
+        raise ValueError(plan.error)
+    if not plan.on_kernel:
+        return reference(_packed_call(x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen))
+    if x.device.index != torch.cuda.current_device():  # Triton launches on the current device
+        with torch.cuda.device(x.device):
+            return _launch_packed(plan, x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen)
+    return _launch_packed(plan, x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen)
+
+
+def _launch_packed(plan, x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen):
+    channels, total = x.shape
+    sequences = cu_seqlens.shape[0] - 1
+    out = output_like(x, x.dtype)
+    final = torch.empty((sequences, channels, weight.shape[1] - 1), device=x.device,
+                        dtype=initial_states.dtype if initial_states is not None else x.dtype)
+    if _nothing_to_do(sequences, out, final):
+        return out, final
+    max_tokens = total if max_seqlen is None else min(max_seqlen, total)
+    config = launch_config(channels, max_tokens, x.stride(0) == 1 and total > 1)
+    int64 = _needs_int64(x, out)
+    launch = plan.launches.get((config, int64))
+    if launch is None:
+        call = _packed_call(x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen)
+        planned = kernel_launch(call, out, final, config)
+        launch = plan.launches[config, int64] = DirectLaunch(planned.kernel, planned.arguments, _PACKED_RUNTIME_ARGUMENTS)
+    flags = has_initial_state.view(torch.uint8) if has_initial_state is not None else x
+    launch.launch(
+        _grid(sequences, channels, max_tokens, config),
+        (x, weight, bias if bias is not None else x, out, cu_seqlens, initial_states if initial_states is not None else x,
+         flags, final, total, *x.stride(), *out.stride()),
+    )
+    return out, final

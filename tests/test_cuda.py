@@ -259,6 +259,86 @@ def test_conv1d_varlen_is_captured_in_a_cuda_graph_without_host_sync():
     torch.testing.assert_close(final, expected[1])
 
 
+@pytest.mark.parametrize("layout", ["token_major", "channel_major", "offset_view"])
+def test_eager_varlen_reuses_its_planned_launch_across_token_counts(layout):
+    """Eager calls of one operand layout share one plan; each token count (1, not a multiple of 16, a
+    multiple of 16) and pointer alignment gets its own compiled variant, and every call matches the reference."""
+    from fusion_passes.kernels import conv1d
+
+    channels, width, sequences = 48, 4, 3
+    weight, bias = cuda_randn(channels, width), cuda_randn(channels)
+    states = cuda_randn(sequences, channels, width - 1, dtype=torch.bfloat16)
+    flags = torch.tensor([True, False, True], device="cuda")
+    conv1d._PACKED_PLANS.clear()
+    for tokens in (1, 3, 16, 17, 48, 1, 33, 16):
+        lengths = [tokens // 3, tokens // 3, tokens - 2 * (tokens // 3)]
+        offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device="cuda", dtype=torch.int32)
+        if layout == "token_major":
+            x = cuda_randn(tokens, channels, dtype=torch.bfloat16).t()
+        elif layout == "channel_major":
+            x = cuda_randn(channels, tokens, dtype=torch.bfloat16)
+        else:  # one element in: not 16-byte aligned
+            x = cuda_randn(tokens * channels + 1, dtype=torch.bfloat16)[1:].view(tokens, channels).t()
+        out, final = conv1d.causal_conv1d_varlen(x, weight, offsets, bias=bias, initial_states=states, has_initial_state=flags)
+        expected = conv1d.reference(conv1d.CausalConv1d(x, weight, bias, "silu", torch.float32, x.dtype, offsets, states, flags))
+        torch.testing.assert_close(out, expected[0], rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(final, expected[1])
+        assert out.stride() == expected[0].stride()
+    (plan,) = conv1d._PACKED_PLANS.values()
+    assert plan.error is None and plan.on_kernel and plan.launches
+
+
+class NormModulateRopeBlock(torch.nn.Module):
+    """A DiT block's memory-bound chains around its projection: AdaLN, then q RMSNorm + FLUX's rotation."""
+
+    def __init__(self, hidden: int = 256, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q = torch.nn.Linear(hidden, hidden)
+        self.q_norm = torch.nn.RMSNorm(hidden // heads, eps=1e-6)
+
+    def forward(self, x, emb, cos, sin):
+        shift, scale = emb.chunk(2, dim=-1)
+        h = F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
+        q = self.q_norm(self.q(h).unflatten(-1, (self.heads, -1)))
+        real, imaginary = q.reshape(*q.shape[:-1], -1, 2).unbind(-1)
+        rotated = torch.stack([-imaginary, real], dim=-1).flatten(3)
+        return (q.float() * cos + rotated.float() * sin).to(q.dtype)
+
+
+def test_aoti_package_runs_the_fused_kernels_without_fusion_passes(tmp_path):
+    """A block exported and packaged by AOTInductor with the passes installed launches our kernels from
+    its compiled code: loaded in a process without fusion_passes importable, it runs and matches."""
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    block = NormModulateRopeBlock().cuda().to(torch.bfloat16)
+    tokens, head_dim = 64, 64
+    args = (cuda_randn(2, tokens, 256, dtype=torch.bfloat16), cuda_randn(2, 512, dtype=torch.bfloat16),
+            cuda_randn(tokens, 1, head_dim), cuda_randn(tokens, 1, head_dim))
+    with torch.no_grad():
+        expected = block(*args)
+        program = torch.export.export(block, args)
+        package = torch._inductor.aoti_compile_and_package(
+            program, package_path=str(tmp_path / "block.pt2"),
+            inductor_configs=fusion_passes.inductor_options({"size_rule": False}))
+    assert fusion_passes.report().counts() == {"adaln": 1, "rope": 1}, fusion_passes.report().summary()
+    torch.save({"args": args, "expected": expected}, tmp_path / "io.pt")
+    script = f"""
+import sys, torch
+sys.modules["fusion_passes"] = None  # importing it now fails: the package must not need it
+loaded = torch._inductor.aoti_load_package({package!r})
+io = torch.load({str(tmp_path / "io.pt")!r})
+out = loaded(*io["args"])
+error = ((out.double() - io["expected"].double()).norm() / io["expected"].double().norm()).item()
+print("relative error", error)
+assert error < 2e-2, error
+"""
+    result = subprocess.run([sys.executable, "-P", "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_qwen3_next_bf16_on_cuda():
     pytest.importorskip("transformers")
     from test_models import LLM_WHOLE, PARITY
