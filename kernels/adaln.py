@@ -453,12 +453,12 @@ _NO_STRIDES = (0, 0, 0, 0)
 
 
 def _pair_args(
-    tensors: tuple[torch.Tensor, ...], shape: torch.Size, placeholder: torch.Tensor
-) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[int, ...]]:
+    tensors: tuple[torch.Tensor, ...], shape: torch.Size
+) -> tuple[tuple[torch.Tensor | None, torch.Tensor | None], tuple[int, ...]]:
     # ((tensor, else tensor), strides + else strides) of a modulation operand; without a selection
-    # both are the one tensor; an absent operand passes a placeholder pointer and zero strides.
+    # both are the one tensor; an absent operand passes no pointer and zero strides.
     if not tensors:
-        return (placeholder, placeholder), _NO_STRIDES + _NO_STRIDES
+        return (None, None), _NO_STRIDES + _NO_STRIDES
     first, second = tensors[0], tensors[-1]
     return (first, second), broadcast_strides(first, shape) + broadcast_strides(second, shape)
 
@@ -486,11 +486,11 @@ def kernel_launch(
     leading = collapse_leading_dims(x.shape)
     if leading[0] * leading[1] * leading[2] == 0:
         return None
-    (gate, gate_else), gate_strides = _pair_args(call.gate, x.shape, x)
-    (scale, scale_else), scale_strides = _pair_args(call.scale, x.shape, x)
-    (shift, shift_else), shift_strides = _pair_args(call.shift, x.shape, x)
-    (scale2, _), scale2_strides = _pair_args(call.scale2, x.shape, x)
-    (shift2, _), shift2_strides = _pair_args(call.shift2, x.shape, x)
+    (gate, gate_else), gate_strides = _pair_args(call.gate, x.shape)
+    (scale, scale_else), scale_strides = _pair_args(call.scale, x.shape)
+    (shift, shift_else), shift_strides = _pair_args(call.shift, x.shape)
+    (scale2, _), scale2_strides = _pair_args(call.scale2, x.shape)
+    (shift2, _), shift2_strides = _pair_args(call.shift2, x.shape)
     residual_strides = broadcast_strides(call.residual, x.shape) if call.residual is not None else _NO_STRIDES
     select_strides = broadcast_strides(call.select, x.shape)[:3] if call.select is not None else (0, 0, 0)
     config = config or launch_config(hidden, call.modulation_rows)
@@ -515,8 +515,10 @@ def kernel_launch(
         *select_strides, *scale2_strides[:4], *shift2_strides[:4],
     ), strict=True))
     arguments = dict(
-        # An absent operand's pointer is x's: never read (its HAS_ flag is off), never None.
-        **{name: x if tensor is None else tensor for name, tensor in pointers.items()},
+        # An absent operand is None (a constexpr of the compiled kernel), not a stand-in tensor: in a
+        # compiled graph every tensor argument is an input of the kernel node, and Inductor wrote a
+        # copy of a computed x for each argument it stood in for (docs/BENCHMARKS.md).
+        **pointers,
         dim1=leading[1], dim2=leading[2], hidden=hidden, EPS=call.eps, **strides,
         IS_RMS=call.norm == "rms", HAS_RESIDUAL=call.residual is not None, HAS_GATE=bool(call.gate),
         HAS_WEIGHT=call.weight is not None, HAS_BIAS=call.bias is not None,

@@ -175,7 +175,12 @@ def output_like(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """An uninitialized output of x's shape in x's layout: channel-last where x's channels are its
     innermost dim (so a transpose back to ``[..., L, C]`` is a view), else contiguous."""
     if x.dim() >= 2 and x.stride(-2) < x.stride(-1):
-        return torch.empty((*x.shape[:-2], x.shape[-1], x.shape[-2]), dtype=dtype, device=x.device).transpose(-1, -2)
+        # (One allocation of the strides, not a transposed view: this runs on every eager call.)
+        strides, size = [1, x.shape[-2]], x.shape[-2] * x.shape[-1]
+        for extent in reversed(x.shape[:-2]):
+            strides.insert(0, size)
+            size *= extent
+        return torch.empty_strided(x.shape, strides, dtype=dtype, device=x.device)
     return torch.empty(x.shape, dtype=dtype, device=x.device)
 
 
@@ -270,7 +275,9 @@ def _causal_conv1d_kernel(
         out_seq = out_ptr + seq.to(tl.int64) * sos
     channels_ = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     channel_mask = channels_ < channels
-    init_seq = init_ptr + seq.to(tl.int64) * sis
+    init_seq = init_ptr  # None without initial states
+    if HAS_INIT:
+        init_seq = init_ptr + seq.to(tl.int64) * sis
     # The channels whose initial state is read: none for a sequence flagged to start from zeros.
     init_channel_mask = channel_mask
     if HAS_INIT_FLAGS:
@@ -387,11 +394,7 @@ def kernel_launch(
     init_strides = init.stride() if init is not None else (0, 0, 0)
     final_strides = final.stride() if final is not None else (0, 0, 0)
     arguments = dict(zip(_CONV1D_ARGUMENT_NAMES, (
-        x, weight, bias if bias is not None else x, out,
-        call.cu_seqlens if call.varlen else x,
-        init if init is not None else x,
-        flags.view(torch.uint8) if flags is not None else x,
-        final if final is not None else x,
+        x, weight, bias, out, call.cu_seqlens, init, flags.view(torch.uint8) if flags is not None else None, final,
         call.channels, length,
         *x_strides, *out_strides, *weight.stride(), bias.stride(0) if bias is not None else 0,
         call.cu_seqlens.stride(0) if call.varlen else 0, flags.stride(0) if flags is not None else 0,
@@ -418,9 +421,11 @@ def _grid(sequences: int, channels: int, max_tokens: int, config: LaunchConfig) 
     channel_blocks = triton.cdiv(channels, config.block_channels)
     if channel_blocks > MAX_GRID_YZ:
         raise ValueError(f"channels: {channels} need {channel_blocks} channel blocks, over the grid's {MAX_GRID_YZ}")
-    token_blocks = torch.sym_max(1, triton.cdiv(max_tokens, config.block_tokens))
-    token_blocks = torch.sym_min(token_blocks, max(1, TARGET_PROGRAMS // (size_hint(sequences) * channel_blocks)))
-    return sequences, torch.sym_min(token_blocks, MAX_GRID_YZ), channel_blocks
+    # (torch.sym_min/max only for symbolic sizes: they cost microseconds on every eager call.)
+    minimum, maximum = (min, max) if isinstance(max_tokens, int) else (torch.sym_min, torch.sym_max)
+    token_blocks = maximum(1, triton.cdiv(max_tokens, config.block_tokens))
+    token_blocks = minimum(token_blocks, max(1, TARGET_PROGRAMS // (size_hint(sequences) * channel_blocks)))
+    return sequences, minimum(token_blocks, MAX_GRID_YZ), channel_blocks
 
 
 _CONV1D_ARGUMENT_NAMES = (
@@ -659,10 +664,9 @@ def _launch_packed(plan, x, weight, bias, cu_seqlens, initial_states, has_initia
         call = _packed_call(x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen)
         planned = kernel_launch(call, out, final, config)
         launch = plan.launches[config, int64] = DirectLaunch(planned.kernel, planned.arguments, _PACKED_RUNTIME_ARGUMENTS)
-    flags = has_initial_state.view(torch.uint8) if has_initial_state is not None else x
+    flags = has_initial_state.view(torch.uint8) if has_initial_state is not None else None
     launch.launch(
         _grid(sequences, channels, max_tokens, config),
-        (x, weight, bias if bias is not None else x, out, cu_seqlens, initial_states if initial_states is not None else x,
-         flags, final, total, *x.stride(), *out.stride()),
+        (x, weight, bias, out, cu_seqlens, initial_states, flags, final, total, *x.stride(), *out.stride()),
     )
     return out, final

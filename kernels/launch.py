@@ -46,7 +46,8 @@ class KernelLaunch:
         constants = {name: value for name, value in arguments.items() if name not in runtime}
         # Every constant becomes a constexpr of the kernel Inductor compiles: the wrapper then
         # passes only tensors and symbolic sizes (each launch argument costs host time per call).
-        kernel = with_constexprs(self.kernel, frozenset(name for name, value in constants.items() if isinstance(value, int)))
+        kernel = with_constexprs(
+            self.kernel, frozenset(name for name, value in constants.items() if isinstance(value, int) or value is None))
         return triton_kernel_wrapper_functional(
             kernel_idx=kernel_side_table.add_kernel(_configured(kernel, options)),
             constant_args_idx=kernel_side_table.add_constant_args(constants),
@@ -102,15 +103,19 @@ def _specialization(value: Any) -> Any:
     # What Triton's JIT specializes a runtime argument on (a superset: more variants, never a wrong one).
     if isinstance(value, torch.Tensor):
         return value.data_ptr() % 16 == 0
+    if value is None:  # an absent operand
+        return None
     return value == 1, value % 16 == 0, -(2**31) <= value < 2**31
 
 
 def _launch_hooks() -> bool:
-    # A profiler's launch hooks (Proton) need Triton's own launch path.
+    # A profiler's launch hooks (Proton) need Triton's own launch path. (Triton 3.6 keeps each hook
+    # as a chain, empty but not None when nothing is installed.)
     import triton
 
     runtime = triton.knobs.runtime
-    return runtime.launch_enter_hook is not None or runtime.launch_exit_hook is not None
+    return any(hook is not None and getattr(hook, "calls", True)
+               for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook))
 
 
 def _current_stream() -> int:

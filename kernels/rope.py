@@ -336,7 +336,9 @@ def _rope_kernel(
     x_row = x_ptr + i0 * sx0 + i1 * sx1 + heads[:, None].to(tl.int64) * sx2
     # out_start: where this stream's slice of the joint output begins.
     out_row = out_ptr + out_start + i0 * so0 + i1 * so1 + heads[:, None].to(tl.int64) * so2
-    w_row = weight_ptr + heads[:, None] * weight_head_stride
+    w_row = weight_ptr  # None without a norm weight
+    if HAS_WEIGHT:
+        w_row = weight_ptr + heads[:, None] * weight_head_stride
     if INTERLEAVED:
         first_cols = tl.arange(0, 2 * BLOCK_P)
         first_valid = first_cols < 2 * HALF
@@ -493,7 +495,7 @@ def stream_launch(
     width = head_dim * (heads if call.norm == "heads" else 1)
     weight = stream.weight
     arguments = dict(zip(_ROPE_ARGUMENT_NAMES, (
-        x, out, weight if weight is not None else x, cos, sin,
+        x, out, weight, cos, sin,
         lead[1], heads, head_blocks, start,
         *x_strides, x.stride(-1), *out_strides, out.stride(-1),
         *cos_args, *sin_args,

@@ -61,7 +61,7 @@ class LaunchPlanTest(TestCase):
 class adaln(torch.nn.Module):
     def forward(self, x_1: "bf16[2, 4096, 3072]", scale_1: "bf16[2, 1, 3072]", shift_1: "bf16[2, 1, 3072]") -> _torch_Tensor_:
         empty_memory_format: "bf16[2, 4096, 3072]" = torch.ops.aten.empty.memory_format([2, 4096, 3072], dtype = torch.bfloat16, device = device(type='cuda', index=0), pin_memory = False)
-        triton_kernel_wrapper_functional = torch.ops.higher_order.triton_kernel_wrapper_functional(kernel_idx = N, constant_args_idx = N, grid = [(264, 2, 1)], tma_descriptor_metadata = {}, kwargs = {'x_ptr': x_1, 'residual_ptr': x_1, 'gate_ptr': x_1, 'gate_else_ptr': x_1, 'weight_ptr': x_1, 'bias_ptr': x_1, 'scale_ptr': scale_1, 'scale_else_ptr': scale_1, 'shift_ptr': shift_1, 'shift_else_ptr': shift_1, 'select_ptr': x_1, 'scale2_ptr': x_1, 'shift2_ptr': x_1, 'out_ptr': empty_memory_format, 'residual_out_ptr': x_1, 'out2_ptr': x_1}, tensors_to_clone = ['out_ptr'])
+        triton_kernel_wrapper_functional = torch.ops.higher_order.triton_kernel_wrapper_functional(kernel_idx = N, constant_args_idx = N, grid = [(264, 2, 1)], tma_descriptor_metadata = {}, kwargs = {'x_ptr': x_1, 'scale_ptr': scale_1, 'scale_else_ptr': scale_1, 'shift_ptr': shift_1, 'shift_else_ptr': shift_1, 'out_ptr': empty_memory_format}, tensors_to_clone = ['out_ptr'])
         getitem_2: "bf16[2, 4096, 3072]" = triton_kernel_wrapper_functional['out_ptr']
         return getitem_2
 """)  # noqa: B950
@@ -98,6 +98,20 @@ class adaln(torch.nn.Module):
         self.assertEqual(launches, [("text_1", "empty_memory_format"), ("image_1", "getitem_2")])
         self.assertEqual([plan["out_start"] for plan in plans], [0, 512 * 24 * 128])
         self.assertNotIn("torch.ops.fusion_passes", text)
+
+    def test_a_computed_x_is_passed_once(self) -> None:
+        # FLUX's single block normalizes cat([text, image]). An absent operand (no residual, gate,
+        # weight, second output) is no tensor argument: where one stood in for x, Inductor stored a
+        # copy of the computed x for every argument it filled (eleven copies).
+        def adaln_of_cat(text, image, scale, shift):
+            return adaln(torch.cat([text, image], dim=1), scale, shift)
+
+        text, (plan,) = rewritten_for_cuda(adaln_of_cat, ((1, 512, 3072), BF16), ((1, 4096, 3072), BF16),
+                                           ((1, 1, 3072), BF16), ((1, 1, 3072), BF16))
+        (kwargs,) = re.findall(r"kwargs = (\{.*?\})", text)
+        self.assertEqual(kwargs, "{'x_ptr': cat, 'scale_ptr': scale_1, 'scale_else_ptr': scale_1, 'shift_ptr': shift_1, "
+                                 "'shift_else_ptr': shift_1, 'out_ptr': empty_memory_format}")
+        self.assertIsNone(plan["residual_ptr"])
 
     def test_launch_constants_are_constexprs_of_the_kernel_inductor_compiles(self) -> None:
         # Inductor's wrapper then passes only the tensors: each launch argument costs host time.
