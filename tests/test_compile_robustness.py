@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from expecttest import TestCase
 from graph_capture import capture
+from helpers import relative_error
 
 import fusion_passes
 from fusion_passes.adaln import ADALN
@@ -25,9 +26,6 @@ def modulated_residual(r: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
     """The sum is used again after its norm: the two-output residual chain."""
     return r, layer_norm(r) * (1 + scale) + shift
 
-
-def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 def randn(*shape: int) -> torch.Tensor:
