@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from fusion_passes import FusionConfig, GraphReport
-from fusion_passes.rope import family as rope_family
+from fusion_passes.family import PassRun
 from fusion_passes.patterns import trace_post_grad
+from fusion_passes.rope import ROPE
 
 
 def interleaved_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -53,7 +54,9 @@ def rewrite_on_fake_cuda(fn: Callable[..., torch.Tensor], *shapes: tuple[tuple[i
         args = [torch.empty(shape, dtype=dtype, device="cuda") for shape, dtype in shapes]
         graph = trace_post_grad(fn, args).graph
     report = GraphReport(graph_id="fake")
-    rope_family.rewrite(graph, FusionConfig(devices=("cuda",)), report)
+    run = PassRun(FusionConfig(devices=("cuda",)), report)
+    ROPE.apply(graph, run)
+    ROPE.explain_unfused(graph, run)
     return report
 
 
