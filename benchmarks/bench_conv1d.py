@@ -1,4 +1,4 @@
-"""GPU benchmark of the causal depthwise conv1d (SPEC.md F6): the graph pattern, the packed varlen op, the floor.
+"""GPU benchmark of the causal depthwise conv1d: the graph pattern, the packed varlen op, the floor.
 
 Run on a CUDA machine: ``python benchmarks/bench_conv1d.py [--out DIR] [--sweep]`` (``--dry-run``
 builds the cases, checks the eager references on CPU at a small width and prints the table with
@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 import torch
 import torch.nn.functional as F
 import triton
-from bench_fusions import INPUT_SETS, compile_fresh, copy_bandwidth, relative_error, time_copy, time_cuda_graph
+from chain_bench import INPUT_SETS, compile_fresh, copy_bandwidth, relative_error, time_copy, time_cuda_graph
 
 import fusion_passes
 from fusion_passes.kernels import conv1d

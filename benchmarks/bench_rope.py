@@ -1,4 +1,4 @@
-"""GPU benchmark of the RoPE family (SPEC.md F4, F5): eager vs Inductor alone vs fused vs the floor.
+"""GPU benchmark of the RoPE family: eager vs Inductor alone vs fused vs the floor.
 
 Run on a CUDA machine: ``python benchmarks/bench_rope.py [--out DIR] [--sweep]``.
 Each case runs q and k (``[B, L, H, D]``, bf16) through a model's spelling; every case is checked
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import triton
-from bench_fusions import INPUT_SETS, compile_fresh, copy_bandwidth, relative_error, time_copy, time_cuda_graph
+from chain_bench import INPUT_SETS, compile_fresh, copy_bandwidth, relative_error, time_copy, time_cuda_graph
 
 import fusion_passes
 from fusion_passes.kernels import rope as rope_kernels
@@ -157,19 +157,19 @@ class Case:
 
 
 CASES = {
-    "F4 interleaved": Case("F4 interleaved (FLUX)", f4_interleaved, "interleaved", normed=True),
-    "F4 half-split": Case("F4 half-split (neox)", f4_half_split, "half-split", normed=True),
-    "F4 complex": Case("F4 complex (Qwen-Image)", f4_complex, "complex", normed=True),
-    "F5 interleaved": Case("F5 interleaved, no norm", f5_interleaved, "interleaved", normed=False),
-    "F4 across heads": Case("F4 across heads, slice assignment (Wan)", f4_across_heads, "interleaved", normed=True, across_heads=True),
-    "F4 joint": Case("F4 joint txt+img (FLUX)", f4_joint, "interleaved", normed=True, joint_text=512),
+    "norm+rope interleaved": Case("norm+rope interleaved (FLUX)", f4_interleaved, "interleaved", normed=True),
+    "norm+rope half-split": Case("norm+rope half-split (neox)", f4_half_split, "half-split", normed=True),
+    "norm+rope complex": Case("norm+rope complex (Qwen-Image)", f4_complex, "complex", normed=True),
+    "rope interleaved": Case("rope interleaved, no norm", f5_interleaved, "interleaved", normed=False),
+    "norm+rope across heads": Case("norm+rope across heads, slice assignment (Wan)", f4_across_heads, "interleaved", normed=True, across_heads=True),
+    "norm+rope joint": Case("norm+rope joint txt+img (FLUX)", f4_joint, "interleaved", normed=True, joint_text=512),
 }
-SPEC_SHAPES = [(1, 4608, 24, 128), (1, 32760, 12, 128)]
+TARGET_SHAPES = [(1, 4608, 24, 128), (1, 32760, 12, 128)]
 SMALL_SHAPES = [(1, 64, 24, 128), (1, 256, 24, 128), (1, 1024, 24, 128), (2, 64, 4, 32)]
 PLAN = (
-    [(name, shape) for name in ("F4 interleaved", "F4 half-split", "F4 complex", "F5 interleaved", "F4 across heads") for shape in SPEC_SHAPES]
-    + [("F4 joint", (1, 4608, 24, 128))]
-    + [(name, shape) for name in ("F4 interleaved", "F4 complex", "F5 interleaved") for shape in SMALL_SHAPES]
+    [(name, shape) for name in ("norm+rope interleaved", "norm+rope half-split", "norm+rope complex", "rope interleaved", "norm+rope across heads") for shape in TARGET_SHAPES]
+    + [("norm+rope joint", (1, 4608, 24, 128))]
+    + [(name, shape) for name in ("norm+rope interleaved", "norm+rope complex", "rope interleaved") for shape in SMALL_SHAPES]
 )
 
 
@@ -225,7 +225,7 @@ NORMS = ("none", "head", "heads")
 
 
 def sweep_configs(shape: tuple[int, int, int, int], dtype: torch.dtype, norm: str) -> list[dict]:
-    """The kernel alone on q (F5, or F4 with a per-head or across-heads norm) over launch configs."""
+    """The kernel alone on q (rope, or norm+rope with a per-head or across-heads norm) over launch configs."""
     batch, tokens, heads, head_dim = shape
     cos, sin = _tables("interleaved", tokens, head_dim)
     calls = []
@@ -267,7 +267,7 @@ def main() -> None:
     for name, shape in PLAN:
         rows.append(bench(CASES[name], shape, bandwidth, dtype))
         print("row", json.dumps(dataclasses.asdict(rows[-1])), flush=True)
-    sweep = [r for shape in SPEC_SHAPES for norm in NORMS for r in sweep_configs(shape, dtype, norm)] if args.sweep else []
+    sweep = [r for shape in TARGET_SHAPES for norm in NORMS for r in sweep_configs(shape, dtype, norm)] if args.sweep else []
     meta = {
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": datetime.date.today().isoformat(),
         "copy_bandwidth_TBps": bandwidth / 1e12, "dtype": str(dtype),
@@ -276,7 +276,7 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         payload = {"meta": meta, "rows": [dataclasses.asdict(r) for r in rows], "sweep": sweep}
         (args.out / "rope.json").write_text(json.dumps(payload, indent=1))
-    for shape in SPEC_SHAPES:
+    for shape in TARGET_SHAPES:
         for norm in NORMS if sweep else ():
             timed = sorted((r for r in sweep if r["shape"] == list(shape) and r["norm"] == norm), key=lambda r: r["ms"])
             print(f"sweep {list(shape)} norm={norm} heads/warps:us", " ".join(

@@ -6,12 +6,11 @@
 
 import importlib.metadata
 
-from fusion_passes import adaln, conv1d, rope  # noqa: F401  (register the families, in application order)
 from fusion_passes.backend import backend_with, enabled, fusion_passes_backend, inductor_options
 from fusion_passes.config import OPTIONS_KEY, FusionConfig
 from fusion_passes.kernels.conv1d import causal_conv1d_varlen
 from fusion_passes.pass_manager import FusionPassManager
-from fusion_passes.patterns import families
+from fusion_passes.registry import families
 from fusion_passes.report import GLOBAL_REPORT, FusionReport, GraphReport
 
 try:

@@ -1,25 +1,26 @@
-"""AdaLN fusions (SPEC.md F1, F2, F3): a norm followed by modulation, optionally after a gated residual.
+"""AdaLN fusions: a norm followed by modulation, optionally after a gated residual.
 
-- ``adaln`` (F1): ``N(x) * (1 + scale) + shift`` -> ``fusion_passes::norm_modulate``.
-- ``residual_adaln`` (F2): ``r = residual + gate * x``, then F1 on ``r``, where ``r`` is also used
-  later -> ``fusion_passes::residual_norm_modulate`` returning both. Applied before ``adaln``. An
+- ``adaln``: ``N(x) * (1 + scale) + shift`` -> ``fusion_passes::norm_modulate``.
+- ``residual_adaln``: ``r = residual + gate * x``, then the ``adaln`` chain on ``r``, where ``r`` is
+  also used later -> ``fusion_passes::residual_norm_modulate`` returning both. An
   LLM's residual add and RMSNorm (``weight * norm(r).to(r.dtype)``, no modulation) is the same
   chain with the weight as a bare multiplier.
 - One norm feeding two modulations (SD3.5's dual AdaLN) -> ``fusion_passes::norm_modulate_pair``
   (part of ``adaln``): x read once, both outputs written.
-- F3 (select01) is not a pattern: where a modulation operand is ``torch.where(cond, a, b)`` with
-  one boolean per row (an image-edit model's per-token choice between two modulation sets), the
-  fused op takes ``a``, ``b`` and ``cond`` and loads only the chosen row.
+- A per-row choice (``select01``) is not a pattern: where a modulation operand is
+  ``torch.where(cond, a, b)`` with one boolean per row (an image-edit model's per-token choice
+  between two modulation sets, row 0 or row 1), the fused op takes ``a``, ``b`` and ``cond`` and
+  loads only the chosen row.
 
 The patterns are generated from one description: each norm spelling (``F.layer_norm`` with no
 affine, weight, or weight and bias; ``F.rms_norm`` with and without weight; a hand-written
 RMSNorm with float32 statistics that rounds before its weight) is traced in two precisions: as
-the fp32 computation ``N(x.float())`` and as a half-precision norm that rounds its output. F2
-composes each with the residual forms (gated or not; the sum stored as computed or cast back
+the fp32 computation ``N(x.float())`` and as a half-precision norm that rounds its output.
+``residual_adaln`` composes each with the residual forms (gated or not; the sum stored as computed or cast back
 to the residual's dtype). ``patterns.generalize`` widens them to either operand order, optional
 upcasts, and bf16 or fp16.
 
-The multiplier is a pattern input: the check accepts it only where the graph computes it as
+The multiplier is a pattern input: the plan accepts it only where the graph computes it as
 ``1 + scale`` (inline, or earlier and reshaped, as in ``(1 + scale)[:, None, :]``); a norm times a
 bare ``scale`` is a different computation and stays unfused. A trailing cast of the result
 (``(...).type_as(x)``) is folded into the op afterwards.
@@ -35,24 +36,21 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch._inductor.pattern_matcher import MULTIPLE, MultiOutputPattern, PatternExpr
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
+from fusion_passes.compat import MULTIPLE, MultiOutputPattern, PatternExpr
+from fusion_passes.family import NotACandidate
+from fusion_passes.graph_utils import CONVERT, RESHAPING_OPS
 from fusion_passes.kernels import adaln as adaln_kernels
 from fusion_passes.norms import EPS_SENTINEL, NORM_FORMS, TRACE_DTYPE, NormForm, normalized
+from fusion_passes.pattern_family import LeftoverSeeds, MatchedChain, PatternFamily, PatternVariant, nearby_users
 from fusion_passes.patterns import (
     DistinctFrom,
-    FusionFamily,
-    MatchedChain,
-    NotACandidate,
     OptionalCast,
-    PatternVariant,
     generalize,
     hinted,
     is_pointwise,
     is_transparent,
-    nearby_users,
-    register_family,
     substitute,
     traced_pattern,
     with_signature,
@@ -60,17 +58,17 @@ from fusion_passes.patterns import (
 from fusion_passes.report import describe_value
 
 aten = torch.ops.aten
-_CONVERT = torch.ops.prims.convert_element_type.default
 
 # Where the fused op beats Inductor alone on CUDA (docs/BENCHMARKS.md, H100 and H200): hidden
 # sizes from MIN_CUDA_HIDDEN to MAX_CUDA_HIDDEN (at 1024 and below Inductor's persistent reduction
 # wins; at 16384 the kernel lost 2% on an H100) and x of at least MIN_CUDA_ELEMENTS (below it the
 # small kernels a rewrite leaves, such as an fp32 cast of the modulation, cost more than the
-# fusion saves). When F1's x comes from a pointwise op used only there (a residual add), Inductor
-# fuses that op into its own norm kernel; replacing the norm splits it off, measured 0.74-0.91x
-# on an H100 at every size: left to Inductor. A residual sum with a per-row selection (F3) fused
-# whole measured 1.00x: left to Inductor as well. So is an LLM's residual add and RMSNorm with its
-# weight alone (no modulation): 0.95-0.98x of Inductor alone on an H200 (docs/BENCHMARKS.md run J).
+# fusion saves). When an ``adaln`` chain's x comes from a pointwise op used only there (a residual
+# add), Inductor fuses that op into its own norm kernel; replacing the norm splits it off,
+# measured 0.74-0.91x on an H100 at every size: left to Inductor. A residual sum with a per-row
+# modulation choice (select01) fused whole measured 1.00x: left to Inductor as well. So is an
+# LLM's residual add and RMSNorm with its weight alone (no modulation): 0.95-0.98x of Inductor
+# alone on an H200.
 MIN_CUDA_HIDDEN = 1152
 MAX_CUDA_HIDDEN = 8192
 MIN_CUDA_ELEMENTS = 1 << 20
@@ -89,26 +87,9 @@ def modulated_norm(
     bias: torch.Tensor | None = None,
     shift: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """F1 as traced: ``N(x) * multiplier (+ shift)``; ``precision`` "fp32" normalizes ``x.float()``."""
+    """The ``adaln`` chain as traced: ``N(x) * multiplier (+ shift)``; ``precision`` "fp32" normalizes ``x.float()``."""
     normed = normalized(x, eps, form, precision, weight, bias) * multiplier.float()
     return normed if shift is None else normed + shift.float()
-
-
-def modulated_norm_pair(
-    x: torch.Tensor,
-    multiplier: torch.Tensor,
-    shift: torch.Tensor,
-    multiplier2: torch.Tensor,
-    shift2: torch.Tensor,
-    eps: float,
-    form: NormForm,
-    precision: str,
-    weight: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One norm, two modulations (SD3.5's dual AdaLN): ``(n * m + t, n * m2 + t2)``."""
-    normed = normalized(x, eps, form, precision, weight, bias)
-    return normed * multiplier.float() + shift.float(), normed * multiplier2.float() + shift2.float()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,12 +105,26 @@ RESIDUAL_FORMS = (ResidualForm("residual+gate*x", gated=True), ResidualForm("res
 
 
 def gated_residual(residual: torch.Tensor, x: torch.Tensor, form: ResidualForm, gate: torch.Tensor | None = None) -> torch.Tensor:
-    """F2's first step as traced (upcasts everywhere; generalize makes each optional)."""
+    """The residual sum of ``residual_adaln`` as traced (upcasts everywhere; generalize makes each optional)."""
     update = x.float() * gate.float() if form.gated else x.float()
     return residual.float() + update
 
 
 # --- Pattern variants ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainForm:
+    """What a variant matches: the norm ("layer" or "rms"), where a half-precision norm rounds, whether
+    a shift follows, the residual form before the norm (None: none), and whether one norm feeds two
+    modulations."""
+
+    norm: str
+    rounding: str
+    shift: bool
+    residual: ResidualForm | None
+    pair: bool
+
 
 
 def _example(name: str) -> Any:
@@ -140,7 +135,7 @@ def _example(name: str) -> Any:
 
 
 @functools.cache
-def _f1_pattern(form: NormForm, precision: str, with_shift: bool) -> PatternExpr:
+def _modulated_norm_pattern(form: NormForm, precision: str, with_shift: bool) -> PatternExpr:
     params = ("x", "multiplier", "eps", *form.affine, *(("shift",) if with_shift else ()))
 
     def search(**operands: Any) -> torch.Tensor:
@@ -154,8 +149,11 @@ def _f1_pattern(form: NormForm, precision: str, with_shift: bool) -> PatternExpr
 def _pair_pattern(form: NormForm, precision: str) -> PatternExpr:
     params = ("x", "multiplier", "shift", "multiplier2", "shift2", "eps", *form.affine)
 
-    def search(**operands: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        return modulated_norm_pair(form=form, precision=precision, **operands)
+    def search(**operands: Any) -> tuple[torch.Tensor, ...]:
+        # One norm, two modulations (SD3.5's dual AdaLN): ``(n * m + t, n * m2 + t2)``.
+        normed = normalized(operands["x"], operands["eps"], form, precision, operands.get("weight"), operands.get("bias"))
+        modulations = (("multiplier", "shift"), ("multiplier2", "shift2"))
+        return tuple(normed * operands[scale].float() + operands[shift].float() for scale, shift in modulations)
 
     return traced_pattern(with_signature(search, params), [_example(name) for name in params], {"eps": EPS_SENTINEL})
 
@@ -195,12 +193,12 @@ def _distinct_outputs(pattern: MultiOutputPattern) -> MultiOutputPattern:
 
 
 def _pair_variants() -> list[PatternVariant]:
-    # Tried before the single modulations: their shared norm has two users, which F1 refuses.
+    # Tried before the single modulations: their shared norm has two users, which those refuse.
     return [
         PatternVariant(
             name=f"{form.name}/{precision}*(1+scale)+shift x2",
             pattern=lambda form=form, precision=precision: _distinct_outputs(generalize(_pair_pattern(form, precision))),
-            facts=dict(norm=form.norm, affine=form.affine, rounding=rounding, shift=True, residual=None, pair=True),
+            form=ChainForm(norm=form.norm, rounding=rounding, shift=True, residual=None, pair=True),
         )
         for form, precision, rounding in _norm_variants()
     ]
@@ -218,30 +216,21 @@ def _variants(residual: bool) -> list[PatternVariant]:
             name = f"{residual_form.name} -> {name}"
 
         def build(form=form, precision=precision, with_shift=with_shift, residual_form=residual_form) -> PatternExpr:
-            pattern = _f1_pattern(form, precision, with_shift)
+            pattern = _modulated_norm_pattern(form, precision, with_shift)
             if residual_form is not None:
                 head = _residual_pattern(residual_form)
                 pattern = MultiOutputPattern([substitute(pattern, {"x": head}), head])
             return generalize(pattern)
 
-        facts = dict(
-            norm=form.norm, affine=form.affine, rounding=rounding, shift=with_shift, residual=residual_form, pair=False
-        )
-        variants.append(PatternVariant(name=name, pattern=build, facts=facts))
+        chain_form = ChainForm(norm=form.norm, rounding=rounding, shift=with_shift, residual=residual_form, pair=False)
+        variants.append(PatternVariant(name=name, pattern=build, form=chain_form))
     return variants
 
 
 # --- What a match computes ----------------------------------------------------------------------
 
-# Shape-only ops the multiplier may pass through after ``1 + scale`` is computed.
-_VIEW_OPS = {
-    aten.unsqueeze.default,
-    aten.squeeze.dim,
-    aten.reshape.default,
-    aten.view.default,
-    aten.expand.default,
-    aten.slice.Tensor,
-}
+# Ops the multiplier may pass through after ``1 + scale`` is computed.
+_VIEW_OPS = RESHAPING_OPS | {aten.view.default}
 _ADD_ONE = {aten.add.Tensor, aten.add.Scalar}
 
 
@@ -362,26 +351,21 @@ def _is_weighted_residual_norm(chain: MatchedChain) -> bool:
     LayerNorm is left out: after a residual sum it has a bias too (a DiT's unmodulated
     cross-attention norm), which this chain would leave outside the fused op.
     """
-    facts = chain.variant.facts
-    if facts["norm"] != "rms" or facts["residual"] is None or facts["pair"] or chain.nodes.get("shift") is not None:
+    form: ChainForm = chain.variant.form
+    if form.norm != "rms" or form.residual is None or form.pair or chain.nodes.get("shift") is not None:
         return False
     return _used_outside(chain.outputs[1], set(chain.match.nodes))
 
 
-def plan(chain: MatchedChain) -> Plan | str:
-    """The fused call for ``chain``, or why it cannot be fused (before shape and size rules)."""
-    return chain.cached("plan", lambda: _plan(chain))
-
-
 def _plan(chain: MatchedChain) -> Plan | str:
-    facts = chain.variant.facts
+    form: ChainForm = chain.variant.form
     nodes = chain.nodes
     if not is_number(nodes["eps"]):
         return f"eps is a tensor ({describe_value(nodes['eps'])}), not a number: the fused op takes eps as a constant"
     multiplier = nodes["multiplier"]
     if is_number(multiplier):
         # A norm times a number: fused as a bare multiplier where a tensor modulates it too.
-        if facts["pair"] or nodes.get("shift") is None or is_number(nodes["shift"]):
+        if form.pair or nodes.get("shift") is None or is_number(nodes["shift"]):
             return NotACandidate(f"the norm is multiplied by the constant {multiplier}")
         scale, scale_views, scale_plus_one = float(multiplier), (), False
     elif (split := _split_multiplier(multiplier)) is not None:
@@ -398,7 +382,7 @@ def _plan(chain: MatchedChain) -> Plan | str:
             return NotACandidate(reason)
         scale, scale_views, scale_plus_one = multiplier, (), False
     second: dict[str, Any] = {}
-    if facts["pair"]:
+    if form.pair:
         split2 = None if is_number(nodes["multiplier2"]) else _split_multiplier(nodes["multiplier2"])
         if split2 is None:
             return f"the norm's second use is multiplied by {describe_value(nodes['multiplier2'])}, which is not 1 + scale"
@@ -406,7 +390,7 @@ def _plan(chain: MatchedChain) -> Plan | str:
             scale2=(split2[0],), scale2_views=split2[1], shift2=(nodes["shift2"],),
             out_dtype2=chain.outputs[1].meta["val"].dtype,
         )
-    residual_form = facts["residual"]
+    residual_form = form.residual
     y_node = chain.outputs[0]
     r_node = chain.outputs[1] if residual_form is not None else None
     if r_node is not None and not _used_outside(r_node, set(chain.match.nodes)):
@@ -419,14 +403,14 @@ def _plan(chain: MatchedChain) -> Plan | str:
     for name, operand in (("x", x), ("residual", nodes.get("residual"))):
         if is_number(operand):
             return f"the residual sum adds the constant {operand} where the fused op reads a tensor {name}"
-    # F3: operands chosen per row by one condition (views after the choice are not followed).
+    # select01: operands chosen per row by one condition (views after the choice are not followed).
     candidates = [] if second else [gate, nodes.get("shift"), None if scale_views else scale]
     select = next((c for c in (_per_row_condition(n, stream) for n in candidates) if c is not None), None)
     if scale_views:
         scale_operands = (scale,) * (1 if select is None else 2)
     else:
         scale_operands = _selected(scale, select)
-    plan_ = Plan(
+    plan = Plan(
         residual=nodes.get("residual"),
         x=x,
         gate=_selected(gate, select),
@@ -437,24 +421,25 @@ def _plan(chain: MatchedChain) -> Plan | str:
         shift=_selected(nodes.get("shift"), select),
         select=select,
         eps=nodes["eps"],
-        norm=facts["norm"],
-        rounding=facts["rounding"],
+        norm=form.norm,
+        rounding=form.rounding,
         residual_dtype=None if r_node is None else r_node.meta["val"].dtype,
         out_dtype=y_node.meta["val"].dtype,
         scale_plus_one=scale_plus_one,
         **second,
     )
     for node in chain.match.nodes:
-        if node.target is _CONVERT and node.args[1] != torch.float32 and node.args[1] != stream.dtype:
+        if node.target is CONVERT and node.args[1] != torch.float32 and node.args[1] != stream.dtype:
             return f"the chain casts to {node.args[1]}, not to its input's dtype {stream.dtype}"
-    return plan_
+    return plan
 
 
 class _DataDependent(Exception):
     pass
 
 
-def _hint(node: Operand | None) -> torch.Tensor | None:
+def _meta_operand(node: Operand | None) -> torch.Tensor | None:
+    # The meta tensor standing for an operand at its compile-time sizes (a number: a 0-d float32).
     if node is None:
         return None
     if is_number(node):
@@ -465,85 +450,26 @@ def _hint(node: Operand | None) -> torch.Tensor | None:
     return value
 
 
-def _meta_call(chain: MatchedChain, plan_: Plan) -> adaln_kernels.NormModulate:
+def _meta_call(chain: MatchedChain, plan: Plan) -> adaln_kernels.NormModulate:
     # The fused call on meta tensors of compile-time sizes, for the kernel's own operand checks.
-    if plan_.scale_views:
+    if plan.scale_views:
         # Each scale tensor is reshaped like the multiplier before it reaches the op.
-        multiplier = _hint(chain.nodes["multiplier"])
-        scale = tuple(multiplier.to(node.meta["val"].dtype) for node in plan_.scale)
+        multiplier = _meta_operand(chain.nodes["multiplier"])
+        scale = tuple(multiplier.to(node.meta["val"].dtype) for node in plan.scale)
     else:
-        scale = tuple(_hint(node) for node in plan_.scale)
+        scale = tuple(_meta_operand(node) for node in plan.scale)
     scale2 = ()
-    if plan_.scale2:
-        multiplier2 = _hint(chain.nodes["multiplier2"]) if plan_.scale2_views else _hint(plan_.scale2[0])
-        scale2 = (multiplier2.to(plan_.scale2[0].meta["val"].dtype),)
+    if plan.scale2:
+        multiplier2 = _meta_operand(chain.nodes["multiplier2"]) if plan.scale2_views else _meta_operand(plan.scale2[0])
+        scale2 = (multiplier2.to(plan.scale2[0].meta["val"].dtype),)
     return adaln_kernels.NormModulate(
-        x=_hint(plan_.x), residual=_hint(plan_.residual), gate=tuple(_hint(node) for node in plan_.gate),
-        weight=_hint(plan_.weight), bias=_hint(plan_.bias), scale=scale,
-        shift=tuple(_hint(node) for node in plan_.shift), select=_hint(plan_.select), eps=plan_.eps,
-        norm=plan_.norm, scale_plus_one=plan_.scale_plus_one, rounding=plan_.rounding, residual_dtype=plan_.residual_dtype,
-        out_dtype=plan_.out_dtype, scale2=scale2, shift2=tuple(_hint(node) for node in plan_.shift2),
-        out_dtype2=plan_.out_dtype2,
+        x=_meta_operand(plan.x), residual=_meta_operand(plan.residual), gate=tuple(_meta_operand(node) for node in plan.gate),
+        weight=_meta_operand(plan.weight), bias=_meta_operand(plan.bias), scale=scale,
+        shift=tuple(_meta_operand(node) for node in plan.shift), select=_meta_operand(plan.select), eps=plan.eps,
+        norm=plan.norm, scale_plus_one=plan.scale_plus_one, rounding=plan.rounding, residual_dtype=plan.residual_dtype,
+        out_dtype=plan.out_dtype, scale2=scale2, shift2=tuple(_meta_operand(node) for node in plan.shift2),
+        out_dtype2=plan.out_dtype2,
     )
-
-
-def _check(chain: MatchedChain) -> str | None:
-    """Why a structurally matched chain must stay unfused, or None.
-
-    Symbolic (dynamic) shapes are checked at their compile-time sizes; at run time the op checks
-    the real sizes again and falls back to its reference for any the kernel does not take.
-    """
-    plan_ = plan(chain)
-    if isinstance(plan_, str):
-        return plan_
-    x = plan_.x.meta["val"]
-    for name in ("residual", "gate", "weight", "bias", "scale", "shift", "select", "scale2", "shift2"):
-        nodes = getattr(plan_, name)
-        for node in nodes if isinstance(nodes, tuple) else (nodes,):
-            tensor = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
-            if isinstance(tensor, torch.Tensor) and tensor.device != x.device:
-                return f"{name} is on {tensor.device}, x on {x.device}"
-    try:
-        call = _meta_call(chain, plan_)
-    except _DataDependent as error:
-        return str(error)
-    reason = adaln_kernels.unsupported_reason(call)
-    if reason is not None:
-        return reason
-    for output in chain.outputs:
-        shape = output.meta["val"].shape
-        if len(shape) != x.dim() or not all(statically_known_true(a == b) for a, b in zip(shape, x.shape)):
-            return f"the chain's output shape {tuple(shape)} is not provably x's {tuple(x.shape)}"
-    return None
-
-
-def _describe(chain: MatchedChain) -> str:
-    plan_ = plan(chain)
-    return plan_.describe(chain.variant.name) if isinstance(plan_, Plan) else chain.variant.name
-
-
-def _cuda_size_rule(chain: MatchedChain) -> str | None:
-    """Why the fused op would not beat Inductor alone on this CUDA chain, or None.
-
-    Symbolic sizes are judged at their compile-time values (as Inductor's own heuristics are).
-    """
-    plan_ = plan(chain)
-    assert isinstance(plan_, Plan), plan_
-    x = hinted(plan_.x.meta["val"])
-    if not MIN_CUDA_HIDDEN <= x.shape[-1] <= MAX_CUDA_HIDDEN:
-        return (
-            f"hidden size {x.shape[-1]} is outside {MIN_CUDA_HIDDEN}..{MAX_CUDA_HIDDEN}, "
-            "where the fused op was measured faster on CUDA"
-        )
-    if plan_.residual is None and is_pointwise(plan_.x):
-        return "x comes from a pointwise op that Inductor fuses into its own norm; splitting it off was measured slower on CUDA"
-    if plan_.select is not None and plan_.residual is not None:
-        return "a residual sum with a per-row modulation choice (select01) was not measured faster than Inductor on CUDA"
-    if plan_.multiplied_by_weight:
-        return "a residual sum's RMSNorm with its weight alone (no modulation) was measured slower than Inductor on CUDA (0.95-0.98x)"
-    if x.numel() < MIN_CUDA_ELEMENTS:
-        return f"x has {x.numel()} elements, below the measured CUDA break-even {MIN_CUDA_ELEMENTS}"
-    return None
 
 
 def _replay_views(tensor: torch.Tensor, views: Sequence[torch.fx.Node]) -> torch.Tensor:
@@ -552,10 +478,8 @@ def _replay_views(tensor: torch.Tensor, views: Sequence[torch.fx.Node]) -> torch
     return tensor
 
 
-def _replacement(chain: MatchedChain) -> tuple[Callable[..., Any], list[Any]]:
-    """The fused call as a function of the chain's operand nodes (flattened), and those nodes."""
-    plan_ = plan(chain)
-    assert isinstance(plan_, Plan), plan_
+def _fused_call(plan: Plan) -> tuple[Callable[..., Any], list[Any]]:
+    # The fused call as a function of the plan's operand nodes (flattened), and those nodes.
     flat: list[torch.fx.Node] = []
 
     def slots(operands: Sequence[Operand | None]) -> list[int | float | None]:
@@ -569,9 +493,9 @@ def _replacement(chain: MatchedChain) -> tuple[Callable[..., Any], list[Any]]:
                 indices.append(None if operand is None else float(operand))
         return indices
 
-    residual, x, weight, bias, select = slots([plan_.residual, plan_.x, plan_.weight, plan_.bias, plan_.select])
-    gate, scale, shift = slots(plan_.gate), slots(plan_.scale), slots(plan_.shift)
-    scale2, shift2 = slots(plan_.scale2), slots(plan_.shift2)
+    residual, x, weight, bias, select = slots([plan.residual, plan.x, plan.weight, plan.bias, plan.select])
+    gate, scale, shift = slots(plan.gate), slots(plan.scale), slots(plan.shift)
+    scale2, shift2 = slots(plan.scale2), slots(plan.shift2)
 
     def fused(*args: torch.Tensor) -> Any:
         def get(slot: int | float | None) -> torch.Tensor | None:
@@ -584,21 +508,21 @@ def _replacement(chain: MatchedChain) -> tuple[Callable[..., Any], list[Any]]:
         def getall(slots_: Sequence[int | float | None]) -> list[torch.Tensor]:
             return [get(slot) for slot in slots_]
 
-        settings = dict(eps=plan_.eps, norm=plan_.norm, scale_plus_one=plan_.scale_plus_one, rounding=plan_.rounding)
-        scales = [_replay_views(tensor, plan_.scale_views) for tensor in getall(scale)]
-        if plan_.scale2:
+        settings = dict(eps=plan.eps, norm=plan.norm, scale_plus_one=plan.scale_plus_one, rounding=plan.rounding)
+        scales = [_replay_views(tensor, plan.scale_views) for tensor in getall(scale)]
+        if plan.scale2:
             return torch.ops.fusion_passes.norm_modulate_pair(
                 get(x), get(weight), get(bias), scales, getall(shift),
-                [_replay_views(tensor, plan_.scale2_views) for tensor in getall(scale2)], getall(shift2),
-                out_dtype=plan_.out_dtype, out_dtype2=plan_.out_dtype2, **settings,
+                [_replay_views(tensor, plan.scale2_views) for tensor in getall(scale2)], getall(shift2),
+                out_dtype=plan.out_dtype, out_dtype2=plan.out_dtype2, **settings,
             )
-        if plan_.residual is None:
+        if plan.residual is None:
             return torch.ops.fusion_passes.norm_modulate(
-                get(x), get(weight), get(bias), scales, getall(shift), get(select), out_dtype=plan_.out_dtype, **settings
+                get(x), get(weight), get(bias), scales, getall(shift), get(select), out_dtype=plan.out_dtype, **settings
             )
         return torch.ops.fusion_passes.residual_norm_modulate(
             get(residual), get(x), getall(gate), get(weight), get(bias), scales, getall(shift), get(select),
-            residual_dtype=plan_.residual_dtype, out_dtype=plan_.out_dtype, **settings,
+            residual_dtype=plan.residual_dtype, out_dtype=plan.out_dtype, **settings,
         )
 
     return fused, flat
@@ -624,7 +548,7 @@ def fold_output_casts(graph: torch.fx.Graph) -> None:
                 if y is None or len(y.users) != 1 or y.meta["val"].dtype != torch.float32:
                     continue
                 (cast,) = y.users
-                if cast.target is not _CONVERT or cast.args[1] not in adaln_kernels.SUPPORTED_DTYPES:
+                if cast.target is not CONVERT or cast.args[1] not in adaln_kernels.SUPPORTED_DTYPES:
                     continue
                 node.update_arg(len(node.args) + dtype_index, cast.args[1])
                 y.meta["val"] = cast.meta["val"]
@@ -687,36 +611,105 @@ def unmatched_reason(seed: torch.fx.Node) -> str:
     )
 
 
-_COMMON = dict(
-    check=_check,
-    cuda_size_rule=_cuda_size_rule,
-    replacement=_replacement,
-    describe=_describe,
-    finish=fold_output_casts,
-    seed_hops=12,
-)
+class AdalnFamily(PatternFamily):
+    """A modulated norm (``adaln``), or a residual sum and a modulated norm of it (``residual_adaln``)."""
 
-# F2 first: a chain it takes is gone before F1 would take its norm alone. Norms left over are
-# explained once, by F1.
-RESIDUAL_ADALN = register_family(
-    FusionFamily(
-        name="residual_adaln",
-        description="residual + gate * x -> norm -> * (1 + scale) + shift, both r and y (F2)",
-        variants=lambda: _variants(residual=True),
-        seed_targets=(),
-        unmatched_reason="",
-        **_COMMON,
-    )
+    def __init__(self, name: str, description: str, residual: bool, leftover_seeds: LeftoverSeeds | None) -> None:
+        super().__init__(name, description, leftover_seeds)
+        self.residual = residual
+
+    def variants(self) -> list[PatternVariant]:
+        """Every norm spelling and precision, with and without shift (and each residual form; or as a pair)."""
+        return _variants(self.residual)
+
+    def plan(self, candidate: MatchedChain) -> Plan | str:
+        """The fused call for the chain, or why it cannot be fused (before shape and size rules)."""
+        return candidate.cached("plan", lambda: _plan(candidate))
+
+    def legality(self, candidate: MatchedChain) -> str | None:
+        """Why the fused op cannot compute the chain: its plan's reason, devices, the kernel's checks, shapes.
+
+        Symbolic (dynamic) shapes are checked at their compile-time sizes; at run time the op checks
+        the real sizes again and falls back to its reference for any the kernel does not take.
+        """
+        plan = self.plan(candidate)
+        if isinstance(plan, str):
+            return plan
+        x = plan.x.meta["val"]
+        for name in ("residual", "gate", "weight", "bias", "scale", "shift", "select", "scale2", "shift2"):
+            nodes = getattr(plan, name)
+            for node in nodes if isinstance(nodes, tuple) else (nodes,):
+                tensor = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+                if isinstance(tensor, torch.Tensor) and tensor.device != x.device:
+                    return f"{name} is on {tensor.device}, x on {x.device}"
+        try:
+            call = _meta_call(candidate, plan)
+        except _DataDependent as error:
+            return str(error)
+        reason = adaln_kernels.unsupported_reason(call)
+        if reason is not None:
+            return reason
+        for output in candidate.outputs:
+            shape = output.meta["val"].shape
+            if len(shape) != x.dim() or not all(statically_known_true(a == b) for a, b in zip(shape, x.shape)):
+                return f"the chain's output shape {tuple(shape)} is not provably x's {tuple(x.shape)}"
+        return None
+
+    def profitability(self, candidate: MatchedChain) -> str | None:
+        """Why the fused op would not beat Inductor alone on this CUDA chain (see MIN_CUDA_HIDDEN), or None.
+
+        Symbolic sizes are judged at their compile-time values (as Inductor's own heuristics are).
+        """
+        plan = self.plan(candidate)
+        assert isinstance(plan, Plan), plan
+        x = hinted(plan.x.meta["val"])
+        if not MIN_CUDA_HIDDEN <= x.shape[-1] <= MAX_CUDA_HIDDEN:
+            return (
+                f"hidden size {x.shape[-1]} is outside {MIN_CUDA_HIDDEN}..{MAX_CUDA_HIDDEN}, "
+                "where the fused op was measured faster on CUDA"
+            )
+        if plan.residual is None and is_pointwise(plan.x):
+            return "x comes from a pointwise op that Inductor fuses into its own norm; splitting it off was measured slower on CUDA"
+        if plan.select is not None and plan.residual is not None:
+            return "a residual sum with a per-row modulation choice (select01) was not measured faster than Inductor on CUDA"
+        if plan.multiplied_by_weight:
+            return "a residual sum's RMSNorm with its weight alone (no modulation) was measured slower than Inductor on CUDA (0.95-0.98x)"
+        if x.numel() < MIN_CUDA_ELEMENTS:
+            return f"x has {x.numel()} elements, below the measured CUDA break-even {MIN_CUDA_ELEMENTS}"
+        return None
+
+    def describe(self, candidate: MatchedChain) -> str:
+        """The variant's name, ``*weight`` for a bare weight multiplier, `` +select01`` for a per-row choice."""
+        plan = self.plan(candidate)
+        return plan.describe(candidate.variant.name) if isinstance(plan, Plan) else candidate.variant.name
+
+    def replacement(self, candidate: MatchedChain) -> tuple[Callable[..., Any], list[Any]]:
+        """The fused call as a function of the chain's operand nodes (flattened), and those nodes."""
+        plan = self.plan(candidate)
+        assert isinstance(plan, Plan), plan
+        return _fused_call(plan)
+
+    def after_rewrite(self, graph: torch.fx.Graph) -> None:
+        """Fold the casts of fused results into the ops."""
+        fold_output_casts(graph)
+
+
+RESIDUAL_ADALN = AdalnFamily(
+    name="residual_adaln",
+    description="residual + gate * x -> norm -> * (1 + scale) + shift, both r and y",
+    residual=True,
+    # Norms left over are explained once, by adaln.
+    leftover_seeds=None,
 )
-ADALN = register_family(
-    FusionFamily(
-        name="adaln",
-        description="norm -> * (1 + scale) + shift (AdaLN modulation, F1)",
-        variants=lambda: _variants(residual=False),
+ADALN = AdalnFamily(
+    name="adaln",
+    description="norm -> * (1 + scale) + shift (AdaLN modulation)",
+    residual=False,
+    leftover_seeds=LeftoverSeeds(
         # LayerNorm's var_mean and RMSNorm's mean of squares.
-        seed_targets=(aten.var_mean.correction, aten.mean.dim),
-        seed_filter=is_candidate_norm,
-        unmatched_reason=unmatched_reason,
-        **_COMMON,
-    )
+        targets=(aten.var_mean.correction, aten.mean.dim),
+        hops=12,
+        reason=unmatched_reason,
+        accept=is_candidate_norm,
+    ),
 )

@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
-from torch._inductor import config as inductor_config
 
+from fusion_passes.compat import compile_fx, inductor_config, inductor_config_patches
 from fusion_passes.config import OPTIONS_KEY, FusionConfig
 from fusion_passes.pass_manager import FusionPassManager
 from fusion_passes.report import GLOBAL_REPORT, reporting_cache_hits
@@ -36,12 +36,10 @@ def fusion_passes_backend(
     options: Mapping[str, Any] | None = None,
 ) -> Any:
     """Inductor with our passes; ``mode``/``options`` as for Inductor, our settings under ``options["fusion_passes"]``."""
-    from torch._inductor.compile_fx import compile_fx
-
     inductor_options = dict(options or {})
     config = FusionConfig.from_value(inductor_options.pop(OPTIONS_KEY, None))
     # Inductor's own wrapper validates option names and expands mode= into config patches.
-    patches = {**launch_patches(), **torch._TorchCompileInductorWrapper(mode, inductor_options, dynamic=None).config}
+    patches = {**launch_patches(), **inductor_config_patches(mode, inductor_options)}
     patches[HOOK] = FusionPassManager(config, chained=patches.get(HOOK, getattr(inductor_config, HOOK)))
     if not patches.get("use_post_grad_passes", getattr(inductor_config, "use_post_grad_passes", True)):
         warnings.warn(
@@ -60,11 +58,7 @@ def backend_with(settings: FusionConfig | Mapping[str, Any] | None = None) -> Ca
     config = FusionConfig.from_value(settings)
 
     def backend(
-        gm: torch.fx.GraphModule,
-        example_inputs: list[Any],
-        *,
-        mode: str | None = None,
-        options: Mapping[str, Any] | None = None,
+        gm: torch.fx.GraphModule, example_inputs: list[Any], *, mode: str | None = None, options: Mapping[str, Any] | None = None
     ) -> Any:
         if options is not None and OPTIONS_KEY in options:
             raise ValueError(

@@ -1,4 +1,9 @@
-"""Every private torch API the package relies on, in one place, with the versions it was checked on."""
+"""Every private torch API the package relies on, in one place, with the versions it was checked on.
+
+The rest of the package imports these names from here, never from ``torch._*``; where a torch
+release moves or changes one, this module is the one to adapt. Unless an entry says otherwise it
+was checked on torch 2.11 (H200 GPU machine), 2.13 and 2.15 (CPU): the suite passes there.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,176 @@ from typing import Any
 
 import torch
 
-# Checked on torch 2.11 (GPU machine) and 2.13 (CPU): Inductor keeps the operands of a Triton-kernel
-# mutation node at exactly the strides of the fake values in its ``meta["eager_input_vals"]``.
+# Inductor's pattern matcher (torch._inductor.pattern_matcher): the search patterns, the matcher
+# pass and the replacement by a traced function. ``fwd_only`` takes decompositions as
+# ``get_decomp_fn=`` from torch 2.12 (a table before); we pass none.
+from torch._inductor.pattern_matcher import (
+    MULTIPLE,
+    CallFunction,
+    CallFunctionVarArgs,
+    FailedMatch,
+    Ignored,
+    KeywordArg,
+    Match,
+    MatchContext,
+    MatchResult,
+    Multiple,
+    MultiOutputPattern,
+    PatternExpr,
+    PatternMatcherPass,
+    fwd_only,
+    fx_to_pattern,
+    is_match,
+    register_graph_pattern,
+    stable_topological_sort,
+)
+
+# Post-grad graphs spell views as reshapes; traced patterns are normalized the same way.
+from torch._inductor.fx_passes.post_grad import view_to_reshape
+
+# Inductor's configuration and its custom post-grad pass hook.
+from torch._inductor import config as inductor_config
+from torch._inductor import custom_graph_pass as _custom_graph_pass
+from torch._inductor.custom_graph_pass import CustomGraphPass
+
+# Fake tensors (patterns are traced, and fused calls checked, on them); Dynamo's counters, which
+# Inductor stores with an FX-graph-cache entry; torch's pytree.
+from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
+from torch._dynamo.utils import counters
+from torch.utils import _pytree as pytree
+
+# Re-exported for the package.
+__all__ = [
+    "CallFunction",
+    "CallFunctionVarArgs",
+    "CustomGraphPass",
+    "FailedMatch",
+    "FakeTensorMode",
+    "Ignored",
+    "KeywordArg",
+    "MULTIPLE",
+    "Match",
+    "MatchContext",
+    "MatchResult",
+    "MultiOutputPattern",
+    "Multiple",
+    "PatternExpr",
+    "PatternMatcherPass",
+    "counters",
+    "fwd_only",
+    "fx_to_pattern",
+    "inductor_config",
+    "is_match",
+    "pytree",
+    "register_graph_pattern",
+    "stable_topological_sort",
+    "unset_fake_temporarily",
+    "view_to_reshape",
+]
+
+# --- Inductor's pass hook and entry point ---------------------------------------------------------
+
+# From torch 2.13 Inductor calls passes of this kind with is_inference=...; before, it has none (None here).
+CustomInferenceAwareGraphPass = getattr(_custom_graph_pass, "CustomInferenceAwareGraphPass", None)
+
+
+def compile_fx(gm: torch.fx.GraphModule, example_inputs: list[Any], config_patches: dict[str, Any]) -> Any:
+    """Inductor's compile of a Dynamo graph under ``config_patches`` (what backend="inductor" runs)."""
+    from torch._inductor.compile_fx import compile_fx as inductor_compile_fx
+
+    return inductor_compile_fx(gm, example_inputs, config_patches=config_patches)
+
+
+def inductor_config_patches(mode: str | None, options: dict[str, Any]) -> dict[str, Any]:
+    """Inductor's config patches for torch.compile's ``mode=``/``options=`` (validated as torch.compile does)."""
+    return torch._TorchCompileInductorWrapper(mode, options, dynamic=None).config
+
+
+# --- Fake-tensor modes, compile ids, graph code ----------------------------------------------------
+
+
+def detect_fake_mode(tensors: list[torch.Tensor]) -> Any:
+    """The fake-tensor mode of ``tensors`` (None if they are real)."""
+    return torch._guards.detect_fake_mode(tensors)
+
+
+def current_compile_id() -> Any:
+    """Dynamo's id of the compile in progress (``0/0``), or None outside one."""
+    return torch._guards.CompileContext.current_compile_id()
+
+
+def normalize_graph_code(text: str) -> str:
+    """Graph code with node names normalized, as Dynamo's own tests compare it."""
+    from torch._dynamo.testing import normalize_gm
+
+    return normalize_gm(text)
+
+
+def size_hint(size: torch.SymInt) -> int | None:
+    """The value a symbolic size had at compile time; None for a data-dependent one."""
+    return size.node.hint
+
+
+# --- ATen operator overloads -----------------------------------------------------------------------
+
+
+def is_aten_overload(target: Any) -> bool:
+    """Whether ``target`` is an operator overload (``aten.add.Tensor``), not a Python function."""
+    return isinstance(target, torch._ops.OpOverload)
+
+
+def schema_of(target: torch._ops.OpOverload) -> torch.FunctionSchema:
+    """The operator's schema (name, arguments, whether it mutates)."""
+    return target._schema
+
+
+def overload_name(target: torch._ops.OpOverload) -> str:
+    """The overload's name: ``Tensor`` of ``aten.add.Tensor``, ``default`` of ``aten.rsqrt.default``."""
+    return target._overloadname
+
+
+# --- Pattern-expression hooks ----------------------------------------------------------------------
+# The pattern matcher calls a pattern's private ``_match(node, ctx)`` and a call's
+# ``_match_users(node, ctx)``. Our own pattern expressions derive from these bases and implement
+# ``match_node`` (and ``users_match``) instead.
+
+
+class PatternNode(PatternExpr):
+    """A pattern expression whose match is ``match_node``."""
+
+    def _match(self, node: torch.fx.Node, ctx: MatchContext) -> MatchResult:
+        return self.match_node(node, ctx)
+
+    def match_node(self, node: torch.fx.Node, ctx: MatchContext) -> MatchResult:
+        """Match this expression at ``node``."""
+        raise NotImplementedError
+
+
+class CallPattern(CallFunction):
+    """A call pattern whose match is ``match_node`` (by default Inductor's) and users check ``users_match``."""
+
+    def _match(self, node: torch.fx.Node, ctx: MatchContext) -> MatchResult:
+        return self.match_node(node, ctx)
+
+    def match_node(self, node: torch.fx.Node, ctx: MatchContext) -> MatchResult:
+        """Inductor's match of this call at ``node``."""
+        return CallFunction._match(self, node, ctx)
+
+    def _match_users(self, node: torch.fx.Node, ctx: MatchContext) -> bool:
+        return self.users_match(node, ctx)
+
+    def users_match(self, node: torch.fx.Node, ctx: MatchContext) -> bool:
+        """Inductor's check that ``node`` has as many users as the pattern allows."""
+        return CallFunction._match_users(self, node, ctx)
+
+
+# --- Triton kernels in Inductor graphs (torch._higher_order_ops.triton_kernel_wrap) --------------
+# Inductor keeps the operands of a Triton-kernel mutation node at exactly the strides of the fake
+# values in its ``meta["eager_input_vals"]`` (checked on 2.11 and 2.13; 2.15 CPU runs no launch).
 # From 2.13 its decomposition of the functional node copies them onto the mutation node
 # (``_propagate_triton_eager_input_vals``); before, the same copy is added here.
-_HOP_FUNCTIONAL = torch.ops.higher_order.triton_kernel_wrapper_functional
-_HOP_MUTATION = torch.ops.higher_order.triton_kernel_wrapper_mutation
+TRITON_KERNEL_FUNCTIONAL = torch.ops.higher_order.triton_kernel_wrapper_functional
+TRITON_KERNEL_MUTATION = torch.ops.higher_order.triton_kernel_wrapper_mutation
 
 
 @functools.cache
@@ -42,11 +211,11 @@ def _propagating(decompose: Any) -> Any:
     def decompose_and_propagate(graph: torch.fx.Graph) -> Any:
         values = {
             node.kwargs["constant_args_idx"]: node.meta["eager_input_vals"]
-            for node in graph.find_nodes(op="call_function", target=_HOP_FUNCTIONAL)
+            for node in graph.find_nodes(op="call_function", target=TRITON_KERNEL_FUNCTIONAL)
             if "eager_input_vals" in node.meta
         }
         result = decompose(graph)
-        for node in graph.find_nodes(op="call_function", target=_HOP_MUTATION):
+        for node in graph.find_nodes(op="call_function", target=TRITON_KERNEL_MUTATION):
             value = values.get(node.kwargs.get("constant_args_idx"))
             if value is not None and "eager_input_vals" not in node.meta:
                 args, kwargs = value

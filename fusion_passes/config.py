@@ -31,7 +31,7 @@ class FusionConfig:
     size_rule: bool = True
 
     def __post_init__(self) -> None:
-        from fusion_passes.patterns import families
+        from fusion_passes.registry import families
 
         if self.fusions is not None:
             object.__setattr__(self, "fusions", _names("fusions", self.fusions))
@@ -49,7 +49,7 @@ class FusionConfig:
 
     def enabled_fusions(self) -> tuple[str, ...]:
         """Names of the enabled families, in application order."""
-        from fusion_passes.patterns import families
+        from fusion_passes.registry import families
 
         return tuple(name for name in families() if self.fusions is None or name in self.fusions)
 

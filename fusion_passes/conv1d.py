@@ -1,4 +1,4 @@
-"""Causal depthwise conv1d (+ SiLU) fusion (SPEC.md F6) -> ``fusion_passes::causal_conv1d``.
+"""Causal depthwise conv1d (+ SiLU) fusion -> ``fusion_passes::causal_conv1d``.
 
 Models write the causal conv of linear-attention and state-space layers (Qwen3-Next's gated
 delta net, Mamba-style blocks) as a padded depthwise conv cut back to the input length:
@@ -28,26 +28,23 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch._inductor.pattern_matcher import Ignored, KeywordArg, PatternExpr
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
+from fusion_passes.compat import Ignored, KeywordArg, PatternExpr
+from fusion_passes.graph_utils import CONVERT
 from fusion_passes.kernels import conv1d as conv1d_kernels
+from fusion_passes.pattern_family import LeftoverSeeds, MatchedChain, PatternFamily, PatternVariant
 from fusion_passes.patterns import (
-    FusionFamily,
-    MatchedChain,
     OneOf,
-    PatternVariant,
     StrictCall,
     Transparent,
     hinted,
-    register_family,
     substitute,
     trace_post_grad,
     traced_pattern,
 )
 
 aten = torch.ops.aten
-_CONVERT = torch.ops.prims.convert_element_type.default
 ACTIVATIONS = {"none": lambda value: value, "silu": F.silu}
 
 
@@ -106,17 +103,8 @@ def _pattern(form: ConvForm) -> PatternExpr:
     if form.downcast:
         # The traced activation's root was an output (no users counted); here the cast uses it once.
         pattern.users = 1
-        pattern = StrictCall(_CONVERT, pattern, Ignored())
+        pattern = StrictCall(CONVERT, pattern, Ignored())
     return pattern
-
-
-def _variants() -> list[PatternVariant]:
-    # Longest chains first: a downcast or activation anchor is tried before the slice inside it.
-    ordered = sorted(FORMS, key=lambda form: (not form.downcast, form.activation == "none"))
-    return [
-        PatternVariant(form.name, functools.partial(_pattern, form), {"form": form})
-        for form in ordered
-    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,19 +139,15 @@ def _inside(node: torch.fx.Node, chain: MatchedChain) -> bool:
     for user in node.users:
         if user in chain.match.nodes:
             continue
-        if user.target is _CONVERT and user.args[1] == torch.float32 and _inside(user, chain):
+        if user.target is CONVERT and user.args[1] == torch.float32 and _inside(user, chain):
             continue
         return False
     return True
 
 
-def plan(chain: MatchedChain) -> Plan | str:
-    """The fused call's operands, or why the chain is not a causal depthwise conv1d the op computes."""
-    return chain.cached("plan", lambda: _plan(chain))
-
-
 def _plan(chain: MatchedChain) -> Plan | str:
-    form: ConvForm = chain.variant.facts["form"]
+    # The fused call's operands, or why the chain is not a causal depthwise conv1d the op computes.
+    form: ConvForm = chain.variant.form
     conv = _node(chain, aten.convolution.default)
     sliced = _node(chain, aten.slice.Tensor)
     _, _, bias_node, stride, padding, dilation, transposed, output_padding, groups = conv.args
@@ -207,66 +191,17 @@ def _plan(chain: MatchedChain) -> Plan | str:
     )
 
 
-def _meta_call(plan_: Plan) -> conv1d_kernels.CausalConv1d | str:
+def _meta_call(plan: Plan) -> conv1d_kernels.CausalConv1d | str:
     # The fused call on meta tensors of compile-time sizes, for the op's own operand checks (the
     # devices are checked apart).
     values = []
-    for node in (plan_.x, plan_.weight, plan_.bias):
+    for node in (plan.x, plan.weight, plan.bias):
         value = hinted(node.meta.get("val")) if node is not None else None
         if node is not None and value is None:
             return "an operand has data-dependent sizes"
         values.append(None if value is None else torch.empty(value.shape, dtype=value.dtype, device="meta"))
     x, weight, bias = values
-    return conv1d_kernels.CausalConv1d(x, weight[:, 0, :], bias, plan_.activation, plan_.conv_dtype, plan_.out_dtype)
-
-
-def _check(chain: MatchedChain) -> str | None:
-    """Why a structurally matched chain must stay unfused, or None."""
-    plan_ = plan(chain)
-    if isinstance(plan_, str):
-        return plan_
-    x = plan_.x.meta["val"]
-    for name, node in (("weight", plan_.weight), ("bias", plan_.bias)):
-        if node is not None and node.meta["val"].device != x.device:
-            return f"{name} is on {node.meta['val'].device}, x on {x.device}"
-    call = _meta_call(plan_)
-    if isinstance(call, str):
-        return call
-    return conv1d_kernels.argument_error(call) or conv1d_kernels.unsupported_reason(call)
-
-
-def _cuda_size_rule(chain: MatchedChain) -> str | None:
-    """Why the fused op would not beat Inductor alone on this CUDA chain, or None.
-
-    None refused: on the H200 (docs/BENCHMARKS.md run G, C = 8192) the fused op beat Inductor's
-    cuDNN convolution + slice/SiLU kernel at every measured shape, 1.5x at one token and 3.3-7.2x
-    from 128 tokens, in both layouts.
-    """
-    return None
-
-
-def _describe(chain: MatchedChain) -> str:
-    plan_ = plan(chain)
-    if not isinstance(plan_, Plan):
-        return chain.variant.name
-    x = plan_.x.meta["val"]
-    layout = "channel-last" if x.stride(1) < x.stride(2) else "channel-first"
-    return f"{chain.variant.name} [{layout}, K={plan_.weight.meta['val'].shape[2]}]"
-
-
-def _replacement(chain: MatchedChain) -> tuple[Callable[..., Any], list[Any]]:
-    """The fused call as a function of (x, weight[, bias]) and those nodes."""
-    plan_ = plan(chain)
-    assert isinstance(plan_, Plan), plan_
-    nodes = [plan_.x, plan_.weight] + ([plan_.bias] if plan_.bias is not None else [])
-
-    def fused(x: torch.Tensor, weight: torch.Tensor, *bias: torch.Tensor) -> torch.Tensor:
-        out = torch.ops.fusion_passes.causal_conv1d(
-            x, weight[:, 0, :], bias[0] if bias else None, plan_.activation, plan_.conv_dtype, plan_.out_dtype
-        )
-        return out if plan_.transpose is None else out.permute(plan_.transpose)
-
-    return fused, nodes
+    return conv1d_kernels.CausalConv1d(x, weight[:, 0, :], bias, plan.activation, plan.conv_dtype, plan.out_dtype)
 
 
 def is_depthwise_conv1d(node: torch.fx.Node) -> bool:
@@ -277,21 +212,72 @@ def is_depthwise_conv1d(node: torch.fx.Node) -> bool:
     return not node.args[6] and _equals(weight.shape[1], 1) and _equals(node.args[8], x.shape[1])
 
 
-CAUSAL_CONV1D = register_family(
-    FusionFamily(
-        name="causal_conv1d",
-        description="causal depthwise conv1d (padding K - 1, cut to L) + optional SiLU (F6)",
-        variants=_variants,
-        check=_check,
-        cuda_size_rule=_cuda_size_rule,
-        replacement=_replacement,
-        # A depthwise conv1d left in the graph is reported (a training graph keeps the conv
-        # output for backward, an intermediate used outside the chain); other convolutions
-        # (patch embeddings) are not candidates.
-        seed_targets=(aten.convolution.default,),
-        seed_filter=is_depthwise_conv1d,
-        seed_hops=4,
-        unmatched_reason="the depthwise conv1d is not padded by K - 1 and cut to its first L outputs (a causal conv1d)",
-        describe=_describe,
-    )
+class CausalConv1dFamily(PatternFamily):
+    """Causal depthwise conv1d (padding K - 1, cut to L) + optional SiLU -> ``fusion_passes::causal_conv1d``."""
+
+    def variants(self) -> list[PatternVariant]:
+        """Every form, longest chains first: a downcast or activation anchor is tried before the slice inside it."""
+        ordered = sorted(FORMS, key=lambda form: (not form.downcast, form.activation == "none"))
+        return [PatternVariant(form.name, functools.partial(_pattern, form), form) for form in ordered]
+
+    def plan(self, candidate: MatchedChain) -> Plan | str:
+        """The fused call's operands, or why the chain is not a causal depthwise conv1d the op computes."""
+        return candidate.cached("plan", lambda: _plan(candidate))
+
+    def legality(self, candidate: MatchedChain) -> str | None:
+        """Why the op cannot compute the chain: not the causal form, operands on other devices, or the op's checks."""
+        plan = self.plan(candidate)
+        if isinstance(plan, str):
+            return plan
+        x = plan.x.meta["val"]
+        for name, node in (("weight", plan.weight), ("bias", plan.bias)):
+            if node is not None and node.meta["val"].device != x.device:
+                return f"{name} is on {node.meta['val'].device}, x on {x.device}"
+        call = _meta_call(plan)
+        if isinstance(call, str):
+            return call
+        return conv1d_kernels.argument_error(call) or conv1d_kernels.unsupported_reason(call)
+
+    def profitability(self, candidate: MatchedChain) -> str | None:
+        """None at every shape: on an H200 (docs/BENCHMARKS.md, C = 8192) the fused op beat Inductor's
+        cuDNN convolution + slice/SiLU kernel at every measured shape, 1.5x at one token and 3.3-7.2x
+        from 128 tokens, in both layouts."""
+        return None
+
+    def describe(self, candidate: MatchedChain) -> str:
+        """The variant's name with the layout and the number of taps."""
+        plan = self.plan(candidate)
+        if not isinstance(plan, Plan):
+            return candidate.variant.name
+        x = plan.x.meta["val"]
+        layout = "channel-last" if x.stride(1) < x.stride(2) else "channel-first"
+        return f"{candidate.variant.name} [{layout}, K={plan.weight.meta['val'].shape[2]}]"
+
+    def replacement(self, candidate: MatchedChain) -> tuple[Callable[..., Any], list[Any]]:
+        """The fused call as a function of (x, weight[, bias]) and those nodes."""
+        plan = self.plan(candidate)
+        assert isinstance(plan, Plan), plan
+        nodes = [plan.x, plan.weight] + ([plan.bias] if plan.bias is not None else [])
+
+        def fused(x: torch.Tensor, weight: torch.Tensor, *bias: torch.Tensor) -> torch.Tensor:
+            out = torch.ops.fusion_passes.causal_conv1d(
+                x, weight[:, 0, :], bias[0] if bias else None, plan.activation, plan.conv_dtype, plan.out_dtype
+            )
+            return out if plan.transpose is None else out.permute(plan.transpose)
+
+        return fused, nodes
+
+
+CAUSAL_CONV1D = CausalConv1dFamily(
+    name="causal_conv1d",
+    description="causal depthwise conv1d (padding K - 1, cut to L) + optional SiLU",
+    # A depthwise conv1d left in the graph is reported (a training graph keeps the conv output for
+    # backward, an intermediate used outside the chain); other convolutions (patch embeddings) are
+    # not candidates.
+    leftover_seeds=LeftoverSeeds(
+        targets=(aten.convolution.default,),
+        hops=4,
+        reason="the depthwise conv1d is not padded by K - 1 and cut to its first L outputs (a causal conv1d)",
+        accept=is_depthwise_conv1d,
+    ),
 )

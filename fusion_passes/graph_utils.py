@@ -8,20 +8,27 @@ from typing import Any
 
 import torch
 
+from fusion_passes.compat import is_aten_overload, normalize_graph_code, overload_name, schema_of
+
 aten = torch.ops.aten
 
-# View-like ops: two nodes with the same target and arguments compute the same value.
-_MERGEABLE_TARGETS = {
-    operator.getitem,
-    aten.split.Tensor,
-    aten.split_with_sizes.default,
+CONVERT = torch.ops.prims.convert_element_type.default
+
+# Ops whose one output reshapes, broadcasts or slices their first argument.
+RESHAPING_OPS = {
     aten.unsqueeze.default,
     aten.squeeze.dim,
     aten.reshape.default,
+    aten.expand.default,
     aten.slice.Tensor,
+}
+# View-like ops: two nodes with the same target and arguments compute the same value.
+_MERGEABLE_TARGETS = RESHAPING_OPS | {
+    operator.getitem,
+    aten.split.Tensor,
+    aten.split_with_sizes.default,
     aten.select.int,
     aten.permute.default,
-    aten.expand.default,
 }
 
 
@@ -41,10 +48,10 @@ def _mergeable(node: torch.fx.Node) -> bool:
         return True
     target = node.target
     return (
-        isinstance(target, torch._ops.OpOverload)
+        is_aten_overload(target)
         and torch.Tag.pointwise in target.tags
         and torch.Tag.nondeterministic_seeded not in target.tags
-        and not target._schema.is_mutable
+        and not schema_of(target).is_mutable
     )
 
 
@@ -103,13 +110,13 @@ def functionalize_inplace_ops(graph: torch.fx.Graph) -> None:
     """
     for node in graph.nodes:
         target = node.target
-        if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
+        if node.op != "call_function" or not is_aten_overload(target):
             continue
-        name = target._schema.name.split("::")[-1]
+        name = schema_of(target).name.split("::")[-1]
         if not name.endswith("_") or name.endswith("__"):
             continue
         packet = getattr(aten, name[:-1], None)
-        functional = getattr(packet, target._overloadname, None) if packet is not None else None
+        functional = getattr(packet, overload_name(target), None) if packet is not None else None
         if functional is not None:
             node.target = functional
 
@@ -122,7 +129,5 @@ _BLANK_LINES = re.compile(r"\n\s*\n")
 
 def graph_text(gm: torch.fx.GraphModule) -> str:
     """Readable graph code with names normalized, for expecttest's assertExpectedInline."""
-    from torch._dynamo.testing import normalize_gm
-
     text = gm.print_readable(print_output=False, include_stride=False, include_device=False)
-    return _BLANK_LINES.sub("\n", _FREE_TRAILER.sub("", normalize_gm(text)))
+    return _BLANK_LINES.sub("\n", _FREE_TRAILER.sub("", normalize_graph_code(text)))

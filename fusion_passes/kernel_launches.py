@@ -12,10 +12,13 @@ import operator
 from typing import Any
 
 import torch
-from torch._inductor.pattern_matcher import CallFunctionVarArgs, is_match
-from torch.utils import _pytree as pytree
-
-from fusion_passes.compat import exact_strides_for_triton_kernels
+from fusion_passes.compat import (
+    TRITON_KERNEL_FUNCTIONAL,
+    CallFunctionVarArgs,
+    exact_strides_for_triton_kernels,
+    is_match,
+    pytree,
+)
 from fusion_passes.kernels.launch import NotEmittable, emitters
 from fusion_passes.report import logger
 
@@ -57,14 +60,14 @@ def launch_fused_ops(graph: torch.fx.Graph) -> int:
         return 0
     by_op = emitters()
     # Kernel nodes already in the graph (a user's own Triton kernels) keep their layout constraint.
-    users_kernels = set(graph.find_nodes(op="call_function", target=_FUNCTIONAL_KERNEL))
+    users_kernels = set(graph.find_nodes(op="call_function", target=TRITON_KERNEL_FUNCTIONAL))
     count = 0
     for node in list(graph.nodes):
         emitter = by_op.get(node.target) if node.op == "call_function" else None
         if emitter is not None and any(_on_cuda(arg) for arg in node.all_input_nodes):
             read_small_views_in_place(node)
             count += _replace_by_launch(node, emitter)
-    for node in graph.find_nodes(op="call_function", target=_FUNCTIONAL_KERNEL):
+    for node in graph.find_nodes(op="call_function", target=TRITON_KERNEL_FUNCTIONAL):
         if node not in users_kernels:
             pin_operand_strides(node)
     return count
@@ -129,9 +132,6 @@ def inductor_launches_kernels() -> bool:
     at exactly the strides of its fake value.
     """
     return exact_strides_for_triton_kernels()
-
-
-_FUNCTIONAL_KERNEL = torch.ops.higher_order.triton_kernel_wrapper_functional
 
 
 def pin_operand_strides(node: torch.fx.Node) -> None:

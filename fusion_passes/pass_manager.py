@@ -10,20 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch._inductor import custom_graph_pass
-from torch._inductor.custom_graph_pass import CustomGraphPass
-from torch._inductor.pattern_matcher import stable_topological_sort
 
+from fusion_passes.compat import CustomGraphPass, CustomInferenceAwareGraphPass
 from fusion_passes.config import FusionConfig
+from fusion_passes.family import PassRun
 from fusion_passes.graph_utils import canonicalize_reduction_dims, merge_duplicates
 from fusion_passes.kernel_launches import launch_fused_ops
-from fusion_passes.patterns import RewriteFamily, active_run, explain_unfused, families, pattern_pass
+from fusion_passes.registry import families
 from fusion_passes.report import GLOBAL_REPORT, FusionReport, GraphReport, keep_for_cache_hits
 
 GraphPass = Callable[[torch.fx.Graph], Any]
-
-# From torch 2.13 Inductor calls passes of this kind with is_inference=...; before, it has none.
-InferenceAwarePass = getattr(custom_graph_pass, "CustomInferenceAwareGraphPass", None)
 
 
 def as_pass_list(value: GraphPass | Sequence[GraphPass] | None) -> tuple[GraphPass, ...]:
@@ -57,7 +53,7 @@ def _version(distribution: str) -> str:
         return "not installed"
 
 
-class FusionPassManager(InferenceAwarePass or CustomGraphPass):  # type: ignore[misc]
+class FusionPassManager(CustomInferenceAwareGraphPass or CustomGraphPass):  # type: ignore[misc]
     """Runs passes the user already installed, then every enabled fusion family, on a post-grad graph."""
 
     def __init__(
@@ -73,31 +69,22 @@ class FusionPassManager(InferenceAwarePass or CustomGraphPass):  # type: ignore[
     def __call__(self, graph: torch.fx.Graph, is_inference: bool | None = None) -> None:
         """Rewrite ``graph`` in place and add what happened to the report."""
         for chained_pass in self.chained:
-            if InferenceAwarePass is not None and isinstance(chained_pass, InferenceAwarePass):
+            if CustomInferenceAwareGraphPass is not None and isinstance(chained_pass, CustomInferenceAwareGraphPass):
                 chained_pass(graph, is_inference=bool(is_inference))
             else:
                 chained_pass(graph)
         graph_report = GraphReport(graph_id=self.report.next_graph_id())
         merge_duplicates(graph)
         canonicalize_reduction_dims(graph)
+        run = PassRun(self.config, graph_report)
         enabled = [families()[name] for name in self.config.enabled_fusions()]
-        with active_run(self.config, graph_report):
-            for family in enabled:
-                if isinstance(family, RewriteFamily):
-                    family.rewrite(graph, self.config, graph_report)
-                    continue
-                if pattern_pass(family.name).apply(graph):
-                    # A fused op replaces a multi-output chain at its first output; operands
-                    # computed after that point move up.
-                    stable_topological_sort(graph)
-                if family.finish is not None:
-                    family.finish(graph)
-            graph.eliminate_dead_code()
-            # A chain one family refused and a later one fused is no near miss.
-            graph_report.forget_near_misses_outside(graph)
-            for family in enabled:
-                if not isinstance(family, RewriteFamily):
-                    explain_unfused(family, graph, graph_report)
+        for family in enabled:
+            family.apply(graph, run)
+        graph.eliminate_dead_code()
+        # A chain one family refused and a later one fused is no near miss.
+        graph_report.forget_near_misses_outside(graph)
+        for family in enabled:
+            family.explain_unfused(graph, run)
         graph_report.merge_near_misses_of_one_chain()
         if graph_report.fused:
             launch_fused_ops(graph)

@@ -24,7 +24,8 @@ from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
 import torch
-from torch._dynamo.utils import counters
+
+from fusion_passes.compat import counters, current_compile_id
 
 logger = logging.getLogger("fusion_passes")
 
@@ -363,7 +364,7 @@ class FusionReport:
 
     def next_graph_id(self) -> str:
         """The id of a graph compiled now: Dynamo's compile id, ``#n`` added for its backward graph and others."""
-        compile_id = torch._guards.CompileContext.current_compile_id()
+        compile_id = current_compile_id()
         base = str(compile_id) if compile_id is not None else "?"
         repeats = sum(graph.graph_id.split("#")[0] == base for graph in self.graphs)
         return base if repeats == 0 else f"{base}#{repeats}"

@@ -509,7 +509,7 @@ def adaln_shape(rng: random.Random) -> tuple[int, ...]:
 
 
 def adaln_chain(b: Builder, link: Linkable | None) -> Chain:
-    """``N(x) * (1 + scale) + shift`` (F1), or one norm modulated twice, on a fresh or linked x."""
+    """``N(x) * (1 + scale) + shift``, or one norm modulated twice, on a fresh or linked x."""
     rng = b.rng
     if link is not None:
         shape, x_dtype, tolerance, x = link.shape, link.dtype, link.tolerance_dtype, link.name
@@ -545,7 +545,7 @@ def dual_adaln(b: Builder, x: str, shape: tuple[int, ...], x_dtype: torch.dtype,
 
 
 def residual_chain(b: Builder, link: Linkable | None) -> Chain:
-    """``r = residual + gate * x`` in one of its spellings, then the AdaLN chain on r (F2); r returned too, mostly."""
+    """``r = residual + gate * x`` in one of its spellings, then the AdaLN chain on r; r returned too, mostly."""
     rng = b.rng
     if link is not None:
         shape, x_dtype, tolerance = link.shape, link.dtype, link.tolerance_dtype

@@ -5,11 +5,11 @@ import re
 
 import pytest
 import torch
+from helpers import KERNEL_TOLERANCE, relative_error
 from conftest import DEVICE
 
 from fusion_passes.kernels import adaln
 
-TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 
 def call(x, scale, shift=None, *, residual=None, gate=None, weight=None, bias=None, select=None, eps=1e-6,
@@ -37,9 +37,6 @@ def fp64(c):
     return adaln.reference(adaln.NormModulate(**changes))
 
 
-def relative_error(out, ref):
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
-
 
 def modulation(batch, hidden, dtype, count=3):
     """``count`` [B, 1, C] chunk views of one [B, 6C] linear output, as DiTs produce them."""
@@ -58,10 +55,10 @@ def run_and_compare(c, dtype, config=None):
     y, r = adaln.norm_modulate_triton(c, config=config, out=poisoned(c))
     assert not y.isnan().any(), "kernel left output elements unwritten"
     ref_y, ref_r = fp64(c)
-    assert relative_error(y, ref_y) < TOLERANCE[dtype]
+    assert relative_error(y, ref_y) < KERNEL_TOLERANCE[dtype]
     if c.residual is not None:
         assert not r.isnan().any()
-        assert relative_error(r, ref_r) < TOLERANCE[dtype]
+        assert relative_error(r, ref_r) < KERNEL_TOLERANCE[dtype]
 
 
 AFFINE = {"none": (), "weight": ("weight",), "weight_bias": ("weight", "bias")}
@@ -124,7 +121,7 @@ def test_pair_writes_both_modulations_of_one_norm(hoisted):
     assert not y.isnan().any() and not y2.isnan().any()
     assert y2.dtype == torch.float32
     for out, single in ((y, call(x, scale, shift)), (y2, call(x, scale2, shift2))):
-        assert relative_error(out, fp64(single)[0]) < TOLERANCE[torch.bfloat16]
+        assert relative_error(out, fp64(single)[0]) < KERNEL_TOLERANCE[torch.bfloat16]
 
 
 @pytest.mark.parametrize("rounding", ["before_weight", "after_affine"])
@@ -174,8 +171,8 @@ def test_strided_x_and_residual_and_mixed_dtypes():
     y, r = adaln.norm_modulate_triton(c)
     assert (y.dtype, r.dtype) == (torch.float32, torch.bfloat16)
     ref_y, ref_r = fp64(c)
-    assert relative_error(y, ref_y) < TOLERANCE[torch.bfloat16]
-    assert relative_error(r, ref_r) < TOLERANCE[torch.bfloat16]
+    assert relative_error(y, ref_y) < KERNEL_TOLERANCE[torch.bfloat16]
+    assert relative_error(r, ref_r) < KERNEL_TOLERANCE[torch.bfloat16]
 
 
 @pytest.mark.parametrize(
@@ -195,7 +192,7 @@ def test_launch_configs_cover_every_row(config):
 
 def test_default_launch_holds_at_most_two_modulation_rows_per_program():
     assert adaln.launch_config(3072, 2).hoist and adaln.launch_config(3072, 2).programs_per_sm
-    for rows in (3, 4):  # F2; F3 and pairs
+    for rows in (3, 4):  # residual_adaln; select01 and pairs
         assert not adaln.launch_config(3072, rows).hoist and adaln.launch_config(3072, rows).programs_per_sm == 0
 
 
@@ -327,16 +324,16 @@ OPCHECK_SAMPLES = {
             out_dtype2=torch.float32,
         ),
     ),
-    "F1 chunk views": (torch.ops.fusion_passes.norm_modulate.default, lambda: f1_sample()),
-    "F1 rms, bf16, weight, rounding": (
+    "adaln chunk views": (torch.ops.fusion_passes.norm_modulate.default, lambda: f1_sample()),
+    "adaln rms, bf16, weight, rounding": (
         torch.ops.fusion_passes.norm_modulate.default,
         lambda: f1_sample(torch.bfloat16, norm="rms", weight=torch.randn(16, dtype=torch.bfloat16, device=DEVICE), rounding="before_weight"),
     ),
-    "F1 no shift, fp32 modulation on fp16 x": (
+    "adaln no shift, fp32 modulation on fp16 x": (
         torch.ops.fusion_passes.norm_modulate.default,
         lambda: f1_sample(torch.float16, scale=[torch.randn(16, device=DEVICE)], shift=[], out_dtype=torch.float32),
     ),
-    "F1 select": (
+    "adaln select": (
         torch.ops.fusion_passes.norm_modulate.default,
         lambda: f1_sample(
             select=torch.rand(2, 3, 1, device=DEVICE) > 0.5,
@@ -344,7 +341,7 @@ OPCHECK_SAMPLES = {
             shift=[torch.randn(2, 1, 16, device=DEVICE), torch.randn(2, 1, 16, device=DEVICE)],
         ),
     ),
-    "F2 gated": (
+    "residual_adaln gated": (
         torch.ops.fusion_passes.residual_norm_modulate.default,
         lambda: dict(
             residual=torch.randn(2, 3, 16, device=DEVICE), **{

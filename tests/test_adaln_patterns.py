@@ -1,36 +1,20 @@
-"""AdaLN patterns (F1, F2, F3): graph before/after per form, numerics of the rewritten graph, near misses."""
+"""AdaLN patterns (adaln, residual_adaln, select01): graph before/after per form, numerics of the rewritten graph, near misses."""
 
+import dataclasses
 import types
 
 import pytest
 import torch
 import torch.nn.functional as F
-from expecttest import TestCase
+import helpers
 from graph_capture import capture
+from helpers import as_tuple, assert_matches_fp64
 
 import fusion_passes
-import fusion_passes.adaln as adaln_family
+from fusion_passes.adaln import ADALN, RESIDUAL_FORMS, ChainForm
 from fusion_passes.kernels.adaln import MAX_HIDDEN
 
-TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
-
-
-def relative_error(out, ref):
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
-
-
-def outputs(value):
-    return value if isinstance(value, tuple) else (value,)
-
-
-def assert_matches_fp64(result, fn, args, dtype):
-    """The rewritten graph's outputs against ``fn`` run in fp64 on the same inputs."""
-    reference = fn(*(a.double() if a.is_floating_point() else a for a in args))
-    for out, ref in zip(outputs(result.output), outputs(reference), strict=True):
-        assert relative_error(out, ref) < TOLERANCE[dtype]
-
-
-# --- F1 spellings --------------------------------------------------------------------------------
+# --- adaln spellings --------------------------------------------------------------------------------
 
 
 def flux_style(x, emb):
@@ -94,7 +78,7 @@ def one_norm_two_modulations(x, emb):
     return normed * (1 + scale[:, None]) + shift[:, None], normed * (1 + scale2[:, None]) + shift2[:, None]
 
 
-# --- F2 spellings --------------------------------------------------------------------------------
+# --- residual_adaln spellings --------------------------------------------------------------------------------
 
 
 def gated_residual(residual, x, emb):
@@ -146,7 +130,7 @@ def residual_torch_rms_norm(residual, x, weight):
     return F.rms_norm(r, r.shape[-1:], weight, 1e-6), r
 
 
-# --- F3 spellings --------------------------------------------------------------------------------
+# --- select01 spellings --------------------------------------------------------------------------------
 
 
 def select01(x, index, emb0, emb1):
@@ -160,7 +144,7 @@ def select01(x, index, emb0, emb1):
 
 
 def select01_residual(residual, x, index, emb0, emb1):
-    """F2 with every operand chosen per token, ``index.bool()`` spelling (1 picks the second set)."""
+    """residual_adaln with every operand chosen per token, ``index.bool()`` spelling (1 picks the second set)."""
     shift0, scale0, gate0 = emb0.chunk(3, dim=1)
     shift1, scale1, gate1 = emb1.chunk(3, dim=1)
     reference_token = index.bool()[..., None]
@@ -175,18 +159,8 @@ def randn(*shape, dtype=torch.float32):
     return torch.randn(shape, dtype=dtype)
 
 
-class GraphDiffTest(TestCase):
-    """Each form's post-grad graph before and after the pass, pinned."""
-
-    def check(self, fn, args, dtype, counts):
-        """Capture ``fn``'s graphs; assert the fusions and the numerics (the tests pin the text)."""
-        result = capture(fn, *args)
-        found = {}
-        for record in result.report.fused:
-            found[record.fusion] = found.get(record.fusion, 0) + 1
-        self.assertEqual(found, counts)
-        assert_matches_fp64(result, fn, args, dtype)
-        return result
+class GraphDiffTest(helpers.GraphDiffTest):
+    """Each form's post-grad graph before and after the pass, pinned; ``check`` compares the fusions per family."""
 
     def test_f1_flux_style_fp32(self):
         result = self.check(flux_style, [randn(2, 8, 16), randn(2, 48)], torch.float32, {"adaln": 1})
@@ -905,7 +879,7 @@ def test_fp32_modulation_with_bf16_x_fuses_and_promotes():
 
 
 def test_residual_sum_used_only_by_the_norm_is_f1_not_f2():
-    # Nothing else needs r: F2 would write it for nothing, so F1 takes the norm (x = the sum).
+    # Nothing else needs r: residual_adaln would write it for nothing, so adaln takes the norm (x = the sum).
     def chain(residual, x, scale, shift):
         return F.layer_norm(residual + x, x.shape[-1:]) * (1 + scale) + shift
 
@@ -1131,7 +1105,7 @@ def test_near_miss_does_not_fuse_and_says_why(name):
     assert "fusion_passes" not in result.after
     reasons = [miss.reason for miss in result.report.near_misses]
     assert any(reason in r for r in reasons), reasons
-    for out, ref in zip(outputs(result.output), outputs(fn(*args)), strict=True):
+    for out, ref in zip(as_tuple(result.output), as_tuple(fn(*args)), strict=True):
         torch.testing.assert_close(out, ref)
 
 
@@ -1242,8 +1216,8 @@ def fake_chain(x, *, producer=None, residual=False, select=False, weight_only=Fa
         graph.call_function(torch.ops.aten.relu.default, (outputs_[1],))  # r used after the chain
     match = types.SimpleNamespace(kwargs=nodes, nodes=[y], output_nodes=lambda: outputs_)
     norm = "rms" if weight_only else "layer"
-    variant = types.SimpleNamespace(facts=dict(norm=norm, rounding="none", residual="gated" if residual else None, pair=False))
-    return fusion_passes.patterns.MatchedChain(match=match, variant=variant)
+    form = ChainForm(norm=norm, rounding="none", shift=not weight_only, residual=RESIDUAL_FORMS[0] if residual else None, pair=False)
+    return fusion_passes.pattern_family.MatchedChain(match=match, variant=types.SimpleNamespace(form=form))
 
 
 def fake_cuda(*shape):
@@ -1266,35 +1240,35 @@ def fake_cuda(*shape):
 def test_cuda_size_rule(shape, producer, reason):
     # The rule measured on the GPU (docs/BENCHMARKS.md), checked here on fake CUDA tensors.
     chain = fake_chain(fake_cuda(*shape), producer=producer)
-    assert adaln_family._check(chain) is None  # the kernel supports every one of these
-    found = adaln_family._cuda_size_rule(chain)
+    assert ADALN.legality(chain) is None  # the kernel supports every one of these
+    found = ADALN.profitability(chain)
     assert found == reason if reason is None else reason in found
 
 
 def test_cuda_size_rule_for_f2_ignores_the_pointwise_producer():
-    # F2 takes the residual add itself; nothing is split off Inductor's norm kernel.
+    # residual_adaln takes the residual add itself; nothing is split off Inductor's norm kernel.
     chain = fake_chain(fake_cuda(1, 4096, 3072), residual=True)
-    assert adaln_family._check(chain) is None
-    assert adaln_family._cuda_size_rule(chain) is None
+    assert ADALN.legality(chain) is None
+    assert ADALN.profitability(chain) is None
 
 
 def test_cuda_size_rule_leaves_residual_sums_with_select01_to_inductor():
     f1 = fake_chain(fake_cuda(1, 4096, 3072), select=True)
-    assert adaln_family.plan(f1).select is not None
-    assert adaln_family._cuda_size_rule(f1) is None
+    assert ADALN.plan(f1).select is not None
+    assert ADALN.profitability(f1) is None
     after_residual_add = fake_chain(fake_cuda(2, 4096, 3072), producer=torch.ops.aten.add.Tensor, select=True)
-    assert "pointwise" in adaln_family._cuda_size_rule(after_residual_add)
+    assert "pointwise" in ADALN.profitability(after_residual_add)
     f2 = fake_chain(fake_cuda(1, 4096, 3072), residual=True, select=True)
-    assert adaln_family._check(f2) is None
-    assert "select01" in adaln_family._cuda_size_rule(f2)
+    assert ADALN.legality(f2) is None
+    assert "select01" in ADALN.profitability(f2)
 
 
 def test_cuda_size_rule_leaves_the_llm_residual_rms_norm_to_inductor():
     # No modulation to fold in: the fused op measured 0.95-0.98x of Inductor alone on an H200.
     chain = fake_chain(fake_cuda(1, 4096, 4096), residual=True, weight_only=True)
-    assert adaln_family._check(chain) is None
-    assert adaln_family.plan(chain).multiplied_by_weight
-    assert "RMSNorm with its weight alone (no modulation) was measured slower" in adaln_family._cuda_size_rule(chain)
+    assert ADALN.legality(chain) is None
+    assert ADALN.plan(chain).multiplied_by_weight
+    assert "RMSNorm with its weight alone (no modulation) was measured slower" in ADALN.profitability(chain)
 
 
 @pytest.mark.parametrize(("shape", "reason"), [((1, 4096, 3072), None), ((1, 256, 3072), "below the measured CUDA break-even")])
@@ -1309,10 +1283,10 @@ def test_cuda_size_rule_for_pairs(shape, reason):
     second_output = graph.call_function(torch.ops.aten.add.Tensor, ())
     second_output.meta["val"] = y.meta["val"]
     chain.match.output_nodes = lambda: [y, second_output]
-    chain.variant.facts["pair"] = True
-    assert adaln_family._check(chain) is None
-    assert adaln_family.plan(chain).scale2
-    found = adaln_family._cuda_size_rule(chain)
+    chain.variant.form = dataclasses.replace(chain.variant.form, pair=True)
+    assert ADALN.legality(chain) is None
+    assert ADALN.plan(chain).scale2
+    found = ADALN.profitability(chain)
     assert found == reason if reason is None else reason in found
 
 
@@ -1322,15 +1296,15 @@ def test_cuda_size_rule_judges_symbolic_sizes_at_their_compile_time_values(shape
     x = mode.from_tensor(torch.empty(shape, device="meta"), static_shapes=False)
     assert not isinstance(x.shape[-1], int)  # size-1 dims stay static, the rest are symbols
     chain = fake_chain(x)
-    assert adaln_family._check(chain) is None
-    assert (adaln_family._cuda_size_rule(chain) is None) == fires
+    assert ADALN.legality(chain) is None
+    assert (ADALN.profitability(chain) is None) == fires
 
 
 def test_data_dependent_sizes_do_not_fuse():
     shape_env = torch.fx.experimental.symbolic_shapes.ShapeEnv()
     with torch._subclasses.fake_tensor.FakeTensorMode(shape_env=shape_env):
         x = torch.empty(shape_env.create_unbacked_symint(), 8, 16)
-    assert "data-dependent" in adaln_family._check(fake_chain(x))
+    assert "data-dependent" in ADALN.legality(fake_chain(x))
 
 
 def rms_norm_of_a_transposed_x(x, weight, scale, shift):

@@ -11,13 +11,13 @@ from unittest import mock
 
 import pytest
 import torch
+from helpers import KERNEL_TOLERANCE, relative_error
 from conftest import DEVICE
 from poisoning import poisoned_outputs
 
 from fusion_passes.kernels import conv1d
 
-TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
-DTYPES = list(TOLERANCE)
+DTYPES = list(KERNEL_TOLERANCE)
 # Triton's CPU interpreter converts fp32 to bf16 by truncation (``cast_impl`` in
 # triton/runtime/interpreter.py passes no rounding mode); GPUs round to nearest even. The kernel's
 # conv_dtype rounding is compared with a reference that truncates there too.
@@ -116,10 +116,6 @@ def expected_varlen(call: conv1d.CausalConv1d) -> tuple[torch.Tensor, torch.Tens
     final = torch.stack(finals) if finals else out.new_zeros(0, channels, call.width - 1)
     return out, final
 
-
-def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref||, in fp64."""
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 def assert_matches(out: torch.Tensor, ref: torch.Tensor, tolerance: float) -> None:
@@ -258,7 +254,7 @@ def run_kernel(call: conv1d.CausalConv1d, config: conv1d.LaunchConfig | None = N
 
 def check_dense(call: conv1d.CausalConv1d, config: conv1d.LaunchConfig | None = None, tolerance: float | None = None) -> None:
     """The kernel and ``conv1d.reference`` both within the out dtype's tolerance of the fp64 reference."""
-    tolerance = tolerance or TOLERANCE[call.out_dtype]
+    tolerance = tolerance or KERNEL_TOLERANCE[call.out_dtype]
     assert_matches(run_kernel(call, config)[0], expected_dense(call, truncate_bf16=INTERPRETED), tolerance)
     assert_matches(conv1d.reference(call)[0], expected_dense(call), tolerance)
 
@@ -268,8 +264,8 @@ def check_varlen(call: conv1d.CausalConv1d, config: conv1d.LaunchConfig | None =
     out_ref, final_ref = expected_varlen(call)
     for out, final in (run_kernel(call, config), conv1d.reference(call)):
         assert final.dtype == call.final_states_dtype
-        assert_matches(out, out_ref, TOLERANCE[call.out_dtype])
-        assert_matches(final, final_ref, TOLERANCE[final.dtype])
+        assert_matches(out, out_ref, KERNEL_TOLERANCE[call.out_dtype])
+        assert_matches(final, final_ref, KERNEL_TOLERANCE[final.dtype])
 
 
 class _GridSpy:
@@ -373,7 +369,7 @@ def test_conv_dtype_rounds_before_the_activation(out_dtype: str, activation: str
     """conv_dtype rounds the convolution before the SiLU, as an explicit cast in fp64 (the interpreter truncates to bf16)."""
     x, weight, bias = exact_operands(2, 20, 4)
     c = conv1d.CausalConv1d(x, weight, bias, activation, conv_dtype, torch.float32 if out_dtype == "fp32" else conv_dtype)
-    tolerance = 1e-6 if out_dtype == "fp32" else TOLERANCE[conv_dtype]
+    tolerance = 1e-6 if out_dtype == "fp32" else KERNEL_TOLERANCE[conv_dtype]
     check_dense(c, tolerance=tolerance)
     # The test tells rounding from not rounding: the unrounded convolution is further off than the tolerance.
     assert relative_error(expected_dense(dataclasses.replace(c, conv_dtype=torch.float32)), expected_dense(c)) > 1e-4
@@ -579,8 +575,8 @@ def test_bad_offsets_are_clamped_without_validate(name: str) -> None:
     check_varlen(c)
     out_ref, final_ref = expected_varlen(c)
     out, final = public_varlen(c)
-    assert_matches(out, out_ref, TOLERANCE[torch.float32])
-    assert_matches(final, final_ref, TOLERANCE[torch.float32])
+    assert_matches(out, out_ref, KERNEL_TOLERANCE[torch.float32])
+    assert_matches(final, final_ref, KERNEL_TOLERANCE[torch.float32])
 
 
 # --- The public packed function and the custom ops ----------------------------------------------
@@ -594,8 +590,8 @@ def test_public_varlen_matches_fp64(validate: bool, layout: str, states: str) ->
     c = varlen_call(dtype=torch.float16, states=states, layout=layout, offsets_dtype=torch.int64)
     out_ref, final_ref = expected_varlen(c)
     out, final = public_varlen(c, validate=validate)
-    assert_matches(out, out_ref, TOLERANCE[torch.float16])
-    assert_matches(final, final_ref, TOLERANCE[torch.float16])
+    assert_matches(out, out_ref, KERNEL_TOLERANCE[torch.float16])
+    assert_matches(final, final_ref, KERNEL_TOLERANCE[torch.float16])
 
 
 def test_public_varlen_activation_defaults_to_silu_and_none_is_none() -> None:
@@ -656,15 +652,15 @@ def test_ops_run_the_kernel_on_cuda_only(form: str) -> None:
         if form == "dense":
             c = dense_call(dense_x(2, CHANNELS, 9, torch.bfloat16), 4)
             out = torch.ops.fusion_passes.causal_conv1d(c.x, c.weight, c.bias, c.activation, c.conv_dtype, c.out_dtype)
-            assert_matches(out, expected_dense(c), TOLERANCE[torch.bfloat16])
+            assert_matches(out, expected_dense(c), KERNEL_TOLERANCE[torch.bfloat16])
         else:
             c = varlen_call(dtype=torch.bfloat16)
             out, final = torch.ops.fusion_passes.causal_conv1d_varlen(
                 c.x, c.weight, c.bias, c.cu_seqlens, c.initial_states, c.has_initial_state, c.activation, c.max_seqlen,
             )
             out_ref, final_ref = expected_varlen(c)
-            assert_matches(out, out_ref, TOLERANCE[torch.bfloat16])
-            assert_matches(final, final_ref, TOLERANCE[torch.bfloat16])
+            assert_matches(out, out_ref, KERNEL_TOLERANCE[torch.bfloat16])
+            assert_matches(final, final_ref, KERNEL_TOLERANCE[torch.bfloat16])
     assert launch.called == (DEVICE == "cuda")
 
 

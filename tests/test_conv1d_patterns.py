@@ -1,4 +1,4 @@
-"""Causal conv1d pattern (F6): graph before/after per spelling, numerics of the rewritten graph, near misses."""
+"""Causal conv1d pattern: graph before/after per spelling, numerics of the rewritten graph, near misses."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from expecttest import TestCase
+import helpers
 from graph_capture import Capture, capture
+from helpers import assert_matches_fp64
 
 import fusion_passes
 
 B, C, L = 2, 8, 12
-TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
 BF16 = torch.bfloat16
 
 
@@ -69,23 +69,18 @@ def conv_near_misses(result: Capture) -> list[str]:
     return [miss.reason for miss in result.report.near_misses if miss.fusion == "causal_conv1d"]
 
 
-def assert_matches_fp64(result: Capture, fn: Callable[..., Any], args: Sequence[Any], dtype: torch.dtype) -> None:
-    """The compiled output against ``fn`` on fp64 copies of the inputs (the module case casts itself)."""
-    expected = fn(*[arg.double() if isinstance(arg, torch.Tensor) and arg.is_floating_point() else arg for arg in args])
-    error = ((result.output.double() - expected.double()).norm() / expected.double().norm()).item()
-    assert result.output.dtype == dtype
-    assert error < TOLERANCE[dtype], error
-
-
-class GraphDiffTest(TestCase):
+class GraphDiffTest(helpers.GraphDiffTest):
     """Each spelling's post-grad graph before and after the pass, pinned, with fp64 numerics."""
 
-    def check(self, fn: Callable[..., Any], args: Sequence[Any], dtype: torch.dtype, patterns: list[str]) -> Capture:
-        """Capture ``fn``'s graphs; assert the conv fusions and the numerics (the tests pin the text)."""
+    def fused(self, result: Capture) -> list[str]:
+        """The conv fusions' patterns."""
+        return conv_records(result)
+
+    def check(self, fn: Callable[..., Any], args: Sequence[Any], dtype: torch.dtype, expected: Any) -> Capture:
+        """The shared check, from a fixed seed, and the output's dtype."""
         torch.manual_seed(0)
-        result = capture(fn, *args)
-        self.assertEqual(conv_records(result), patterns)
-        assert_matches_fp64(result, fn, args, dtype)
+        result = super().check(fn, args, dtype, expected)
+        assert result.output.dtype == dtype
         return result
 
     def test_transformers_fp32_with_bias(self) -> None:
@@ -273,6 +268,7 @@ def test_every_width_and_dtype_fuses(width: int, dtype: torch.dtype) -> None:
     args = [randn(B, C, L, dtype=dtype), randn(C, width, dtype=dtype), randn(C, dtype=dtype)]
     result = capture(transformers_causal_conv1d, *args)
     assert len(conv_records(result)) == 1
+    assert result.output.dtype == dtype
     assert_matches_fp64(result, transformers_causal_conv1d, args, dtype)
 
 

@@ -16,6 +16,7 @@ from test_conv1d_patterns import transformers_causal_conv1d
 from test_rope_rules import complex_rope, joint_normed_rope, normed_rope
 from tiny_models import MODELS
 from torch._inductor.utils import run_and_get_code
+from helpers import relative_error
 
 import fusion_passes
 
@@ -30,9 +31,6 @@ def chain(x, emb):
     shift, scale, _gate = emb.chunk(3, dim=1)
     return F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
 
-
-def relative_error(out, ref):
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 def compare_with_inductor(fn, args, counts):

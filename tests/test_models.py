@@ -1,4 +1,4 @@
-"""The diffusers models of SPEC.md (tiny random configs) compiled with the backend on CPU.
+"""The diffusers models (tiny random configs) compiled with the backend on CPU.
 
 Whole transformer and each repeated block alone (diffusers' ``compile_repeated_blocks``), fp32 and
 bf16: the exact number of fusions of each kind, and outputs matching ``torch.compile`` alone.
@@ -12,6 +12,7 @@ import pytest
 import torch
 from tiny_models import LLM_MODELS, MODELS
 from torch._inductor.utils import run_and_get_code
+from helpers import relative_error
 
 import fusion_passes
 from fusion_passes.report import FusionRecord
@@ -24,34 +25,34 @@ PARITY = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 
 
 def kind(record: FusionRecord) -> str:
-    """A fusion's SPEC.md kind: F1 (adaln), F2 (residual_adaln), F4 (rope with its norm), F5 (rope alone)."""
-    if record.fusion == "rope":
-        return "F4" if " -> rope[" in record.pattern else "F5"
-    return {"adaln": "F1", "residual_adaln": "F2"}[record.fusion]
+    """A fusion's kind: its family, with a rope call that absorbed its norm counted as "norm+rope"."""
+    if record.fusion == "rope" and " -> rope[" in record.pattern:
+        return "norm+rope"
+    return record.fusion
 
 
 def kinds(graph: fusion_passes.GraphReport) -> dict[str, int]:
-    """Fusions of a graph by SPEC.md kind (F3: F1 or F2 with a per-row choice, counted again)."""
+    """Fusions of a graph by kind ("select01": a chain with a per-row modulation choice, counted again)."""
     counts = collections.Counter(kind(record) for record in graph.fused)
-    counts["F3"] = sum("select01" in record.pattern for record in graph.fused)
+    counts["select01"] = sum("select01" in record.pattern for record in graph.fused)
     return {kind: count for kind, count in counts.items() if count}
 
 
-# Whole transformer: every modulated norm fuses. F2 where the norm's input is a residual sum used
-# later; F1 where it is a graph input, the patch embedding, a cat, or a sum used only by the norm
+# Whole transformer: every modulated norm fuses. residual_adaln where the norm's input is a residual sum used
+# later; adaln where it is a graph input, the patch embedding, a cat, or a sum used only by the norm
 # (the last block's, whose other use the model drops). Counts per model, as reasoned in the notes:
 # - FLUX (2 double, 2 single): double blocks 2 x (img, txt) x (norm1, norm2); norm1 of the first
-#   double block and of each single block (after a cat) are F1, as is norm_out; the rest F2.
+#   double block and of each single block (after a cat) are adaln, as is norm_out; the rest residual_adaln.
 # - Qwen-Image (2 blocks): as FLUX's double blocks; the second block's text norm2 is dead code
 #   (the model returns only the image stream) and its text norm1 input is used only there. The
-#   edit model (zero_cond_t) chooses the image stream's modulation per token: F3 on those 4.
+#   edit model (zero_cond_t) chooses the image stream's modulation per token: select01 on those 4.
 # - Wan (2 blocks): norm1 (modulated) and norm3 (after the ungated cross-attention residual);
 #   norm2 is an unmodulated cross-attention norm.
 # - HunyuanVideo (2 double, 2 single, refiner): as FLUX, except that the text stream enters the
-#   first double block from the token refiner's residual sum (F2); the refiner's norms are
+#   first double block from the token refiner's residual sum; the refiner's norms are
 #   unmodulated.
 #
-# RoPE: q and k of every self-attention fuse with their RMSNorm (F4), one call per q or k:
+# RoPE: q and k of every self-attention fuse with their RMSNorm, one call per q or k:
 # - FLUX: double blocks cat the normalized text and image streams before one rotation over the
 #   joint sequence (two streams); single blocks rotate the normalized joint q, k.
 # - Qwen-Image: each stream rotated with its own complex table, then cat (two streams).
@@ -59,25 +60,25 @@ def kinds(graph: fusion_passes.GraphReport) -> dict[str, int]:
 # - HunyuanVideo: double blocks rotate the image stream and cat the normalized text unrotated;
 #   single blocks rotate the image prefix of one normalized sequence (two streams each).
 WHOLE = {
-    "flux": {"F1": 5, "F2": 6, "F4": 8},
-    "qwen_image": {"F1": 4, "F2": 4, "F4": 4},
-    "qwen_image_edit": {"F1": 4, "F2": 4, "F3": 4, "F4": 4},
-    "wan": {"F1": 2, "F2": 3, "F4": 4},
-    "wan_per_token": {"F1": 2, "F2": 3, "F4": 4},
-    "hunyuan_video": {"F1": 4, "F2": 7, "F4": 8},
+    "flux": {"adaln": 5, "residual_adaln": 6, "norm+rope": 8},
+    "qwen_image": {"adaln": 4, "residual_adaln": 4, "norm+rope": 4},
+    "qwen_image_edit": {"adaln": 4, "residual_adaln": 4, "select01": 4, "norm+rope": 4},
+    "wan": {"adaln": 2, "residual_adaln": 3, "norm+rope": 4},
+    "wan_per_token": {"adaln": 2, "residual_adaln": 3, "norm+rope": 4},
+    "hunyuan_video": {"adaln": 4, "residual_adaln": 7, "norm+rope": 8},
 }
 
 # Each repeated block compiled alone: its input is a graph input, so each block's first norms are
-# F1 and the norms after its attention residual F2; the rotations (RoPE tables now graph inputs)
+# adaln and the norms after its attention residual residual_adaln; the rotations (RoPE tables now graph inputs)
 # fuse as in the whole model. One entry per block class (HunyuanVideo's
 # token refiner blocks have no modulated norm).
 BLOCKS = {
-    "flux": [{"F1": 2, "F2": 2, "F4": 2}, {"F1": 1, "F4": 2}],
-    "qwen_image": [{"F1": 2, "F2": 2, "F4": 2}],
-    "qwen_image_edit": [{"F1": 2, "F2": 2, "F3": 2, "F4": 2}],
-    "wan": [{"F1": 1, "F2": 1, "F4": 2}],
-    "wan_per_token": [{"F1": 1, "F2": 1, "F4": 2}],
-    "hunyuan_video": [{"F1": 2, "F2": 2, "F4": 2}, {"F1": 1, "F4": 2}, {}],
+    "flux": [{"adaln": 2, "residual_adaln": 2, "norm+rope": 2}, {"adaln": 1, "norm+rope": 2}],
+    "qwen_image": [{"adaln": 2, "residual_adaln": 2, "norm+rope": 2}],
+    "qwen_image_edit": [{"adaln": 2, "residual_adaln": 2, "select01": 2, "norm+rope": 2}],
+    "wan": [{"adaln": 1, "residual_adaln": 1, "norm+rope": 2}],
+    "wan_per_token": [{"adaln": 1, "residual_adaln": 1, "norm+rope": 2}],
+    "hunyuan_video": [{"adaln": 2, "residual_adaln": 2, "norm+rope": 2}, {"adaln": 1, "norm+rope": 2}, {}],
 }
 
 
@@ -91,9 +92,6 @@ def keep_kernel_cache():
     ):
         yield
 
-
-def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 def complex_fallbacks(code: str) -> list[str]:
@@ -140,11 +138,11 @@ def test_repeated_blocks(name, dtype):
 
 
 # transformers LLMs (tiny configs), whole model. Qwen3-Next, 2 layers (gated delta net, full
-# attention): the linear-attention layer's causal conv + SiLU fuses (F6, channel-last: the model
+# attention): the linear-attention layer's causal conv + SiLU fuses (causal_conv1d, channel-last: the model
 # transposes token-major activations in and out). Its zero-centred RMSNorm ``norm(x) * (1 + w)``
-# is F1/F2 to the AdaLN family (w a [C] weight): the norms after residual sums are F2 (3), the
-# first layer's input norm and the final norm F1; so are the full attention layer's q/k norms
-# (AdaLN runs first), whose partial half-split RoPE then fuses alone (F5, 2 calls).
+# is adaln/residual_adaln to the AdaLN family (w a [C] weight): the norms after residual sums are residual_adaln (3), the
+# first layer's input norm and the final norm adaln; so are the full attention layer's q/k norms
+# (AdaLN runs first), whose partial half-split RoPE then fuses alone (rope, 2 calls).
 LLM_WHOLE = {
     "qwen3_next": {"causal_conv1d": 1, "adaln": 4, "residual_adaln": 3, "rope": 2},
 }

@@ -229,7 +229,7 @@ def test_merge_duplicates():
 
 
 def test_merge_duplicates_merges_pointwise_ops_but_not_random_ones():
-    # Qwen-Image computes index == 0 once per modulation tensor; F3 needs to see one condition.
+    # Qwen-Image computes index == 0 once per modulation tensor; select01 needs to see one condition.
     graph = torch.fx.Graph()
     index = graph.placeholder("index")
     conditions = [graph.call_function(torch.ops.aten.eq.Scalar, (index, 0)) for _ in range(3)]

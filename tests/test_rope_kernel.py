@@ -11,12 +11,12 @@ from unittest import mock
 
 import pytest
 import torch
+from helpers import KERNEL_TOLERANCE, relative_error
 from conftest import DEVICE
 from poisoning import poisoned_outputs
 
 from fusion_passes.kernels import rope
 
-TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 # Triton's CPU interpreter converts fp32 to bf16 by truncation (``cast_impl`` in
 # triton/runtime/interpreter.py passes no rounding mode); GPUs round to nearest even. The kernel's
 # bf16 roundings are compared with a reference that truncates there too.
@@ -96,10 +96,6 @@ def rotated_by(x: torch.Tensor, angles: torch.Tensor, rotary_dim: int, interleav
         rotated = torch.cat([turned.real, turned.imag], dim=-1)
     return torch.cat([rotated, x[..., rotary_dim:]], dim=-1)
 
-
-def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref||, in fp64."""
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 # --- Building calls -----------------------------------------------------------------------------
@@ -205,7 +201,7 @@ def run_kernel(call: rope.Rope, config: rope.LaunchConfig | None = None) -> torc
 
 def check(call: rope.Rope, config: rope.LaunchConfig | None = None, tolerance: float | None = None) -> None:
     """The kernel and ``rope.reference`` both within the out dtype's tolerance of the fp64 reference."""
-    tolerance = tolerance or TOLERANCE[call.out_dtype]
+    tolerance = tolerance or KERNEL_TOLERANCE[call.out_dtype]
     assert relative_error(run_kernel(call, config), expected(call, truncate_bf16=INTERPRETED)) < tolerance
     assert relative_error(rope.reference(call), expected(call)) < tolerance
 
@@ -218,7 +214,7 @@ NORMS = {"none": ("none", False), "head": ("head", False), "head+weight": ("head
          "heads": ("heads", False), "heads+weight": ("heads", True)}
 
 
-@pytest.mark.parametrize("dtype", list(TOLERANCE))
+@pytest.mark.parametrize("dtype", list(KERNEL_TOLERANCE))
 @pytest.mark.parametrize("norm_name", NORMS)
 @pytest.mark.parametrize("interleaved", [True, False], ids=["interleaved", "half-split"])
 @pytest.mark.parametrize("shape", SHAPES)
@@ -452,7 +448,7 @@ def test_opcheck(name: str) -> None:
 def test_op_matches_fp64() -> None:
     """The op (reference on CPU, kernel on CUDA) computes the call."""
     c = three_streams_one_unrotated()
-    assert relative_error(torch.ops.fusion_passes.rope(*op_args(c)), expected(c)) < TOLERANCE[torch.float32]
+    assert relative_error(torch.ops.fusion_passes.rope(*op_args(c)), expected(c)) < KERNEL_TOLERANCE[torch.float32]
 
 
 # --- Bad input ----------------------------------------------------------------------------------

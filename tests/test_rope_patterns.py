@@ -1,21 +1,21 @@
-"""RoPE patterns (F4, F5): graph before/after per spelling, numerics of the rewritten graph, near misses."""
+"""RoPE patterns: graph before/after per spelling, numerics of the rewritten graph, near misses."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
-from expecttest import TestCase
+import helpers
 from graph_capture import Capture, capture
+from helpers import assert_matches_fp64, relative_error
 
 B, L, H, D = 2, 6, 3, 16
 TEXT = 4  # text tokens of the joint-sequence spellings
 ROTARY = 8  # rotated dims of the partial rotary spelling
-TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
 BF16 = torch.bfloat16
 
 
@@ -102,7 +102,7 @@ def diffusers_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6)
     return x * weight
 
 
-# --- Norm + rotation (F4) and joint sequences -------------------------------------------------------
+# --- Norm + rotation and joint sequences -------------------------------------------------------
 
 
 def rms_norm_flux_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -196,33 +196,6 @@ def complex_freqs(tokens: int = L, dtype: torch.dtype = torch.complex64) -> torc
     return torch.polar(torch.ones(tokens, D // 2, dtype=torch.float64), torch.rand(tokens, D // 2, dtype=torch.float64) * 6.0).to(dtype)
 
 
-def to_fp64(value: Any) -> Any:
-    """Floating tensors in fp64, complex ones in complex128, the rest as they are."""
-    if isinstance(value, torch.Tensor) and value.is_complex():
-        return value.to(torch.complex128)
-    if isinstance(value, torch.Tensor) and value.is_floating_point():
-        return value.double()
-    return value
-
-
-def outputs(value: Any) -> tuple[torch.Tensor, ...]:
-    """A function's outputs as a tuple."""
-    return value if isinstance(value, tuple) else (value,)
-
-
-def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """``|out - ref| / |ref|`` in fp64."""
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
-
-
-def assert_matches_fp64(result: Capture, fn: Callable[..., Any], args: Sequence[Any], dtype: torch.dtype) -> None:
-    """The compiled outputs against ``fn`` run in fp64 on the same inputs."""
-    reference = fn(*map(to_fp64, args))
-    for out, ref in zip(outputs(result.output), outputs(reference), strict=True):
-        assert out.shape == ref.shape
-        assert relative_error(out, ref) < TOLERANCE[dtype], relative_error(out, ref)
-
-
 def rope_records(result: Capture) -> list[str]:
     """The patterns of the rope family's fusions."""
     return [record.pattern for record in result.report.fused if record.fusion == "rope"]
@@ -261,15 +234,12 @@ def seed() -> None:
 # --- Graph diffs ------------------------------------------------------------------------------------
 
 
-class GraphDiffTest(TestCase):
+class GraphDiffTest(helpers.GraphDiffTest):
     """Each spelling's post-grad graph before and after the pass, pinned, with fp64 numerics."""
 
-    def check(self, fn: Callable[..., Any], args: Sequence[Any], dtype: torch.dtype, patterns: list[str]) -> Capture:
-        """Capture ``fn``'s graphs; assert the rope fusions and the numerics (the tests pin the text)."""
-        result = capture(fn, *args)
-        self.assertEqual(rope_records(result), patterns)
-        assert_matches_fp64(result, fn, args, dtype)
-        return result
+    def fused(self, result: Capture) -> list[str]:
+        """The rope fusions' patterns."""
+        return rope_records(result)
 
     def test_f5_flux_interleaved_fp32(self) -> None:
         """FLUX's real interleaved rotation: maps (0, 2, 1, 0), no norm, out fp32."""
@@ -1146,7 +1116,7 @@ def rope_after_norm_over_tokens(x: torch.Tensor, weight: torch.Tensor, cos: torc
     ids=["norm-also-returned", "norm-over-dim-1"],
 )
 def test_norm_not_absorbed_rope_still_fuses(fn: Callable[..., Any], record: str) -> None:
-    """The rotation fuses alone (F5, norm 'none') when the norm before it cannot be absorbed; the
+    """The rotation fuses alone (rope, norm 'none') when the norm before it cannot be absorbed; the
     report says why where there is a q/k norm (a statistic over tokens is none)."""
     args = [randn(B, L, H, D), randn(D), *real_tables()]
     result = capture(fn, *args)

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from fusion_passes import FusionConfig, GraphReport
-from fusion_passes.rope import family as rope_family
+from fusion_passes.family import PassRun
 from fusion_passes.patterns import trace_post_grad
+from fusion_passes.rope import ROPE
 
 
 def interleaved_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -21,19 +22,19 @@ def interleaved_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
 
 
 def normed_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """F4 as FLUX writes it: per-head RMSNorm, then the rotation."""
+    """norm+rope as FLUX writes it: per-head RMSNorm, then the rotation."""
     return interleaved_rope(F.rms_norm(x, x.shape[-1:], weight, 1e-6), cos, sin)
 
 
 def cast_free_normed_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """F4 computed in x's own dtype (no upcast, no rounding), as an fp64 model would."""
+    """norm+rope computed in x's own dtype (no upcast, no rounding), as an fp64 model would."""
     x = F.rms_norm(x, x.shape[-1:], weight, 1e-6)
     real, imaginary = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)
     return x * cos + torch.stack([-imaginary, real], dim=-1).flatten(3) * sin
 
 
 def complex_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """Qwen-Image's rotation (F5 here: no norm)."""
+    """Qwen-Image's rotation (rope here: no norm)."""
     rotated = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2)) * freqs
     return torch.view_as_real(rotated).flatten(3).type_as(x)
 
@@ -53,7 +54,9 @@ def rewrite_on_fake_cuda(fn: Callable[..., torch.Tensor], *shapes: tuple[tuple[i
         args = [torch.empty(shape, dtype=dtype, device="cuda") for shape, dtype in shapes]
         graph = trace_post_grad(fn, args).graph
     report = GraphReport(graph_id="fake")
-    rope_family.rewrite(graph, FusionConfig(devices=("cuda",)), report)
+    run = PassRun(FusionConfig(devices=("cuda",)), report)
+    ROPE.apply(graph, run)
+    ROPE.explain_unfused(graph, run)
     return report
 
 
@@ -71,7 +74,7 @@ def normed_shapes(tokens: int, heads: int, head_dim: int, dtype: torch.dtype = B
     ids=["spec-shape", "256-tokens", "64-tokens"],
 )
 def test_normed_real_rope_fuses_from_the_measured_break_even(tokens: int, fused: bool) -> None:
-    """F4 with real tables: fused from 2^19 elements (256 x 24 x 128 won 1.35x, 64 x 24 x 128 lost)."""
+    """norm+rope with real tables: fused from 2^19 elements (256 x 24 x 128 won 1.35x, 64 x 24 x 128 lost)."""
     report = rewrite_on_fake_cuda(normed_rope, *normed_shapes(tokens, 24, 128))
     assert len(report.fused) == int(fused)
     if not fused:
@@ -79,7 +82,7 @@ def test_normed_real_rope_fuses_from_the_measured_break_even(tokens: int, fused:
 
 
 def test_real_rope_without_a_norm_is_left_to_inductor() -> None:
-    """F5 with real tables: Inductor's kernel measured faster at every size; the reason says so."""
+    """rope with real tables: Inductor's kernel measured faster at every size; the reason says so."""
     table = ((1, 4608, 1, 128), FP32)
     report = rewrite_on_fake_cuda(interleaved_rope, ((1, 4608, 24, 128), BF16), table, table)
     assert report.fused == []

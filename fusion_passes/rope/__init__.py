@@ -16,8 +16,10 @@ a chain computes instead, in stages, one module each:
   (FLUX's joint text + image) or after it (Qwen-Image, HunyuanVideo), form one group, and the
   RMSNorm producing each stream's ``x`` is absorbed when every use of it is inside the group.
 - ``profitability``: the CUDA size rule, apart from what is legal to fuse.
-- ``family``: the checks and the rewrite: each group becomes one ``fusion_passes::rope`` call
-  writing the joint output. ``nodes`` holds the graph-node questions the stages share.
+- ``family``: the family's stages (``fusion_passes.family``): candidates, legality, plan and the
+  replacement of each group by one ``fusion_passes::rope`` call writing the joint output. ``nodes`` holds the graph-node questions the stages share.
 """
 
-from fusion_passes.rope import family  # noqa: F401  (importing the package registers the family)
+from fusion_passes.rope.family import ROPE
+
+__all__ = ["ROPE"]

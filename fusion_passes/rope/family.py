@@ -1,24 +1,24 @@
-"""The rope family's pass: find the rotations, group them, check each group and replace it.
+"""The rope family's stages: its candidates are groups of rotations, each one fused call.
 
-Each group that passes the checks (device, intermediates used only inside it, arguments the fused
-op and its kernel take, and on CUDA the size rule) becomes one ``fusion_passes::rope`` call
-writing the joint output; any other is reported as a near miss with the reason.
+Candidates: every rotation ``recognize`` finds, grouped by ``streams`` with the norms they read
+absorbed. Legality: the streams on one device, the rotations' intermediates used only inside the
+group, arguments the fused op (and on CUDA its kernel) takes. Profitability: ``profitability``.
+Replace: one ``fusion_passes::rope`` call writing the group's joint output.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.symbolic_shapes import guard_int
-from torch.utils._pytree import tree_flatten, tree_map
 
-from fusion_passes.config import FusionConfig
+from fusion_passes.compat import FakeTensorMode, detect_fake_mode, pytree, unset_fake_temporarily
+from fusion_passes.family import FusionFamily, PassRun
 from fusion_passes.kernels import rope as rope_kernels
-from fusion_passes.patterns import RewriteFamily, hinted, register_family
-from fusion_passes.report import GraphReport, outside_use_reason
+from fusion_passes.patterns import hinted
+from fusion_passes.report import outside_use_reason
 from fusion_passes.rope.nodes import data_users, value_of
 from fusion_passes.rope.profitability import cuda_size_rule
 from fusion_passes.rope.recognize import Table, find_rotation
@@ -103,35 +103,11 @@ def _apply_view(target: Any, *args: Any) -> torch.Tensor:
 
 def _meta_kernel_call(group: Group) -> rope_kernels.Rope | str:
     # The kernel call on meta tensors of the compile-time sizes, or why the op would refuse them.
-    with torch._subclasses.fake_tensor.unset_fake_temporarily():
+    with unset_fake_temporarily():
         try:
             return rope_kernels.make_call(*_op_arguments(group, _meta_tensor, _apply_view))
         except ValueError as error:
             return f"the fused op would not take this chain: {error}"
-
-
-def _unfused_reason(group: Group, config: FusionConfig) -> str | None:
-    # Why the group must stay unfused, or None.
-    output = value_of(group.output)
-    if output.device.type not in config.devices:
-        return f"device {output.device.type!r} is not in config.devices {config.devices}"
-    for node in (stream.value for stream in group.streams):
-        if value_of(node).device != output.device:
-            return "the streams are on different devices"
-    for rotation in group.rotations:
-        outside = [node for node in rotation.nodes - {rotation.output} if not data_users(node) <= group.nodes]
-        if outside:
-            return outside_use_reason(outside, group.nodes) or "an intermediate of the rotation is also used outside it"
-    call = _meta_kernel_call(group)
-    if isinstance(call, str):
-        return call
-    if output.device.type == "cuda":
-        reason = rope_kernels.unsupported_reason(call)
-        if reason is not None:
-            return f"the kernel does not take this chain: {reason}"
-        if config.size_rule:
-            return cuda_size_rule(group, call)
-    return None
 
 
 # --- The replacement -----------------------------------------------------------------------------
@@ -140,8 +116,8 @@ def _unfused_reason(group: Group, config: FusionConfig) -> str | None:
 def _insert_call(graph: torch.fx.Graph, target: Any, *args: Any) -> torch.fx.Node:
     # A call of ``target`` at the graph's insertion point, with its fake value.
     node = graph.call_function(target, args)
-    fake_args = tree_map(lambda arg: arg.meta["val"] if isinstance(arg, torch.fx.Node) else arg, args)
-    mode = torch._guards.detect_fake_mode([arg for arg in tree_flatten(fake_args)[0] if isinstance(arg, torch.Tensor)])
+    fake_args = pytree.tree_map(lambda arg: arg.meta["val"] if isinstance(arg, torch.fx.Node) else arg, args)
+    mode = detect_fake_mode([arg for arg in pytree.tree_flatten(fake_args)[0] if isinstance(arg, torch.Tensor)])
     with mode or FakeTensorMode():
         node.meta["val"] = target(*fake_args)
     return node
@@ -167,46 +143,91 @@ def _replace_with_fused_call(graph: torch.fx.Graph, group: Group) -> torch.fx.No
     return fused
 
 
-def _explain_complex_leftovers(graph: torch.fx.Graph, report: GraphReport) -> None:
-    # Inductor runs complex math as eager kernels: a complex multiply left behind is worth a line.
-    for node in graph.find_nodes(op="call_function", target=aten.view_as_complex.default):
-        report.add_near_miss(
-            FAMILY_NAME, None, node, "a complex multiply left in the graph is not a rotation this family recognizes"
-        )
+class RopeFamily(FusionFamily[Group]):
+    """Rotary embedding in any spelling, with the q/k RMSNorm before it and the cat of streams around it."""
+
+    name = FAMILY_NAME
+    description = "rotary embedding in any spelling, with the q/k RMSNorm before it and the cat of streams around it"
+
+    def candidates(self, graph: torch.fx.Graph) -> Iterator[Group]:
+        """Every rotation in ``graph`` (the last first), grouped into streams, with the norms it reads absorbed."""
+        order = {node: index for index, node in enumerate(graph.nodes)}
+        rotations, covered = [], set()
+        for node in reversed(list(graph.nodes)):
+            if node in covered:
+                continue
+            rotation = find_rotation(node, order)
+            if rotation is not None:
+                rotations.append(rotation)
+                covered |= rotation.nodes
+        for group in group_rotations(rotations):
+            absorb_norms(group)
+            yield group
+
+    def apply(self, graph: torch.fx.Graph, run: PassRun) -> None:
+        """Fuse each group the verdict accepts; report the others."""
+        fused = 0
+        for group in self.candidates(graph):
+            reason = self.verdict(group, run)
+            if reason is not None:
+                self.near_miss(run, group, reason)
+            else:
+                fused += self.fuse(graph, group, run)
+        if fused:
+            graph.eliminate_dead_code()
+
+    def plan(self, candidate: Group) -> rope_kernels.Rope | str:
+        """The kernel call on meta tensors of the compile-time sizes, or why the op would refuse the group."""
+        return _meta_kernel_call(candidate)
+
+    def legality(self, candidate: Group) -> str | None:
+        """Why the group cannot be one call: streams on several devices, intermediates used outside, the op's checks."""
+        output = value_of(candidate.output)
+        for node in (stream.value for stream in candidate.streams):
+            if value_of(node).device != output.device:
+                return "the streams are on different devices"
+        for rotation in candidate.rotations:
+            outside = [node for node in rotation.nodes - {rotation.output} if not data_users(node) <= candidate.nodes]
+            if outside:
+                return outside_use_reason(outside, candidate.nodes) or "an intermediate of the rotation is also used outside it"
+        call = self.plan(candidate)
+        if isinstance(call, str):
+            return call
+        if output.device.type == "cuda":
+            reason = rope_kernels.unsupported_reason(call)
+            if reason is not None:
+                return f"the kernel does not take this chain: {reason}"
+        return None
+
+    def profitability(self, candidate: Group) -> str | None:
+        """The CUDA size rule of ``profitability``."""
+        call = self.plan(candidate)
+        assert not isinstance(call, str), call
+        return cuda_size_rule(candidate, call)
+
+    def anchor(self, candidate: Group) -> torch.fx.Node:
+        """The group's joint output."""
+        return candidate.output
+
+    def intermediates(self, candidate: Group) -> Iterable[torch.fx.Node]:
+        """The rotations' nodes before their outputs."""
+        return [node for rotation in candidate.rotations for node in rotation.nodes - {rotation.output}]
+
+    def describe(self, candidate: Group) -> str:
+        """The absorbed norm, the rotation's layout and the number of streams."""
+        return describe(candidate)
+
+    def replace(self, graph: torch.fx.Graph, candidate: Group) -> None:
+        """One ``fusion_passes::rope`` call in place of the group's output (guarding symbolic trailing sizes)."""
+        _guard_trailing_sizes(candidate)
+        _replace_with_fused_call(graph, candidate)
+
+    def explain_unfused(self, graph: torch.fx.Graph, run: PassRun) -> None:
+        """Inductor runs complex math as eager kernels: a complex multiply left behind is worth a line."""
+        for node in graph.find_nodes(op="call_function", target=aten.view_as_complex.default):
+            run.report.add_near_miss(
+                FAMILY_NAME, None, node, "a complex multiply left in the graph is not a rotation this family recognizes"
+            )
 
 
-def rewrite(graph: torch.fx.Graph, config: FusionConfig, report: GraphReport) -> int:
-    """Find every rotation in ``graph``, group and extend it, and replace what may be fused."""
-    order = {node: index for index, node in enumerate(graph.nodes)}
-    rotations, covered = [], set()
-    for node in reversed(list(graph.nodes)):
-        if node in covered:
-            continue
-        rotation = find_rotation(node, order)
-        if rotation is not None:
-            rotations.append(rotation)
-            covered |= rotation.nodes
-    fused = 0
-    for group in group_rotations(rotations):
-        absorb_norms(group)
-        reason = _unfused_reason(group, config)
-        if reason is not None:
-            report.add_near_miss(FAMILY_NAME, describe(group), group.output, reason)
-            continue
-        report.add_fusion(FAMILY_NAME, describe(group), group.output)
-        _guard_trailing_sizes(group)
-        _replace_with_fused_call(graph, group)
-        fused += 1
-    if fused:
-        graph.eliminate_dead_code()
-    _explain_complex_leftovers(graph, report)
-    return fused
-
-
-register_family(
-    RewriteFamily(
-        name=FAMILY_NAME,
-        description="rotary embedding in any spelling, with the q/k RMSNorm before it and the cat of streams around it",
-        rewrite=rewrite,
-    )
-)
+ROPE = RopeFamily()

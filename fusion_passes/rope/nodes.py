@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
+from fusion_passes.compat import size_hint
+
 aten = torch.ops.aten
 
 _SHAPE_QUERIES = {aten.sym_size.int, aten.sym_stride.int, aten.sym_numel.default, aten.sym_storage_offset.default}
@@ -39,7 +41,7 @@ def compile_time_size(size: Any) -> int | None:
 
     Trailing sizes come from the head dim; a fused rotation guards them to this value.
     """
-    return size if isinstance(size, int) else size.node.hint
+    return size if isinstance(size, int) else size_hint(size)
 
 
 def data_users(node: torch.fx.Node) -> set[torch.fx.Node]:

@@ -17,9 +17,8 @@ import itertools
 from typing import Any
 
 import torch
-from torch._inductor.pattern_matcher import Match, PatternExpr, is_match
-from torch._subclasses.fake_tensor import FakeTensorMode
 
+from fusion_passes.compat import FakeTensorMode, Match, PatternExpr, is_match
 from fusion_passes.norms import EPS_SENTINEL, NORM_FORMS, TRACE_DTYPE, NormForm, normalized
 from fusion_passes.patterns import generalize, traced_pattern, with_signature
 from fusion_passes.rope.nodes import data_users, same_sizes, value_of

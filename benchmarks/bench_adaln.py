@@ -1,6 +1,6 @@
-"""GPU benchmark: eager vs Inductor alone vs the fusion_passes backend vs the memory floor.
+"""GPU benchmark of the AdaLN chains: eager vs Inductor alone vs the fusion_passes backend vs the memory floor.
 
-Run on a CUDA machine: ``python benchmarks/bench_fusions.py [--out DIR] [--sweep]``.
+Run on a CUDA machine: ``python benchmarks/bench_adaln.py [--out DIR] [--sweep]``.
 Every case is checked first (fused output against an fp64 reference and against Inductor), then
 timed with CUDA-graph replay (median over replays, several input sets rotated so that the L2
 cache does not hold the working set). The floor is the minimum bytes moved over the copy
@@ -14,61 +14,19 @@ import dataclasses
 import datetime
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
+from chain_bench import INPUT_SETS, compile_fresh, copy_bandwidth, relative_error, time_copy, time_cuda_graph
 
 import fusion_passes
-from timing import cuda_graph_ms
 from fusion_passes.kernels import adaln as adaln_kernels
-
-INPUT_SETS = 4
-CALLS_PER_GRAPH = 8
-REPLAYS = 30
-
-
-@triton.jit
-def _copy_kernel(src_ptr, dst_ptr, n, BLOCK: tl.constexpr):
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offsets < n
-    tl.store(dst_ptr + offsets, tl.load(src_ptr + offsets, mask=mask), mask=mask)
-
-
-def time_copy(n_bytes: int, n_sets: int) -> float:
-    """Median ms of a Triton copy of ``n_bytes`` (the practical floor: same bytes, launch included)."""
-    pairs = [(torch.empty(n_bytes // 4, device="cuda").normal_(), torch.empty(n_bytes // 4, device="cuda")) for _ in range(n_sets)]
-    block = 4096
-
-    def copy(src: torch.Tensor, dst: torch.Tensor) -> None:
-        _copy_kernel[(triton.cdiv(src.numel(), block),)](src, dst, src.numel(), BLOCK=block, num_warps=8)
-
-    return time_cuda_graph(copy, pairs)
-
-
-def copy_bandwidth() -> float:
-    """Device-to-device copy bandwidth in bytes/s (read plus written): the best of torch and Triton copies."""
-    src = torch.randn(1 << 28, device="cuda")
-    dst = torch.empty_like(src)
-    block = 4096
-
-    def triton_copy() -> None:
-        _copy_kernel[(triton.cdiv(src.numel(), block),)](src, dst, src.numel(), BLOCK=block, num_warps=8)
-
-    seconds = min(time_cuda_graph(fn, [()]) for fn in (lambda: dst.copy_(src), triton_copy)) / 1e3
-    return 2 * src.numel() * src.element_size() / seconds
-
-
-def time_cuda_graph(fn: Callable[..., object], input_sets: Sequence[tuple]) -> float:
-    """Median ms of one ``fn`` call (CUDA-graph replay, rotating ``input_sets``)."""
-    return cuda_graph_ms(fn, input_sets, calls_per_graph=CALLS_PER_GRAPH, replays=REPLAYS)
 
 
 def adaln_f1(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-    """F1 as FLUX writes it: chunked [B, 6C] modulation, ``[:, None]`` broadcast, no-affine LN."""
+    """adaln as FLUX writes it: chunked [B, 6C] modulation, ``[:, None]`` broadcast, no-affine LN."""
     shift, scale, _gate = emb.chunk(6, dim=1)[:3]
     return F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
 
@@ -87,7 +45,7 @@ def adaln_f1_kernel(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
 
 
 def adaln_f1_rms(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-    """F1 with the hand-written fp32-statistics RMSNorm (no weight)."""
+    """adaln with the hand-written fp32-statistics RMSNorm (no weight)."""
     shift, scale, _gate = emb.chunk(6, dim=1)[:3]
     variance = x.float().pow(2).mean(-1, keepdim=True)
     normed = (x * torch.rsqrt(variance + 1e-6)).to(x.dtype)
@@ -95,20 +53,20 @@ def adaln_f1_rms(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
 
 
 def adaln_f1_fp32_form(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-    """F1 as Wan writes it: fp32 modulation, ``x.float()`` normalized, ``type_as(x)``."""
+    """adaln as Wan writes it: fp32 modulation, ``x.float()`` normalized, ``type_as(x)``."""
     shift, scale, _gate = emb.float().chunk(6, dim=1)[:3]
     return (F.layer_norm(x.float(), x.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]).type_as(x)
 
 
 def residual_adaln(residual: torch.Tensor, x: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """F2 as FLUX's norm2 input: ``r = residual + gate * x``, then F1 on r; both returned."""
+    """residual_adaln as FLUX's norm2 input: ``r = residual + gate * x``, then adaln on r; both returned."""
     shift, scale, gate = emb.chunk(6, dim=1)[:3]
     r = residual + gate[:, None] * x
     return r, F.layer_norm(r, r.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
 
 
 def residual_adaln_fp32_form(residual: torch.Tensor, x: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """F2 as Wan writes it: fp32 gate and modulation, every step cast back to the residual's dtype."""
+    """residual_adaln as Wan writes it: fp32 gate and modulation, every step cast back to the residual's dtype."""
     shift, scale, gate = emb.float().chunk(6, dim=1)[:3]
     r = (residual.float() + x * gate[:, None]).type_as(residual)
     return r, (F.layer_norm(r.float(), r.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]).type_as(r)
@@ -132,7 +90,7 @@ def chosen_modulation(index: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Ten
 
 
 def select01_adaln(x: torch.Tensor, index: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-    """F3 as Qwen-Image edit writes it: per token, modulation set 0 or 1 by ``index == 0``."""
+    """select01 as Qwen-Image edit writes it: per token, modulation set 0 or 1 by ``index == 0``."""
     shift, scale, _gate = chosen_modulation(index, emb)
     return F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale) + shift
 
@@ -153,14 +111,14 @@ def select01_adaln_kernel(x: torch.Tensor, index: torch.Tensor, emb: torch.Tenso
 
 
 def adaln_f1_after_add(a: torch.Tensor, b: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-    """F1 on a sum used nowhere else: Inductor alone fuses the add into its norm kernel."""
+    """adaln on a sum used nowhere else: Inductor alone fuses the add into its norm kernel."""
     return adaln_f1(a + b, emb)
 
 
 def select01_residual_adaln(
     residual: torch.Tensor, x: torch.Tensor, index: torch.Tensor, emb: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """F3 with F2: the gate, scale and shift all chosen per token."""
+    """select01 with residual_adaln: the gate, scale and shift all chosen per token."""
     shift, scale, gate = chosen_modulation(index, emb)
     r = residual + gate * x
     return r, F.layer_norm(r, r.shape[-1:], eps=1e-6) * (1 + scale) + shift
@@ -186,7 +144,7 @@ class Case:
     select01: bool = False  # an int [B, L] index and two modulation sets
 
     def inputs(self, shape: tuple[int, int, int], dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        """Fresh random inputs: the activations, the index (F3), then a [B, 6C] (F3: [2B, 6C]) embedding."""
+        """Fresh random inputs: the activations, the index, then a [B, 6C] (select01: [2B, 6C]) embedding."""
         batch, tokens, hidden = shape
         activations = [torch.randn(shape, dtype=dtype, device="cuda") for _ in range(self.n_activations)]
         index = (torch.randint(0, 2, (batch, tokens), device="cuda", dtype=torch.int32),) if self.select01 else ()
@@ -204,16 +162,16 @@ class Case:
 
 
 CASES = {
-    "F1": Case("F1 LN*(1+s)+t", adaln_f1, adaln_f1_kernel, n_activations=1, n_outputs=1),
-    "F1 rms": Case("F1 RMS(fp32 stats)*(1+s)+t", adaln_f1_rms, None, n_activations=1, n_outputs=1),
-    "F1 fp32 form": Case("F1 fp32 form (Wan)", adaln_f1_fp32_form, None, n_activations=1, n_outputs=1),
-    "F2": Case("F2 res+g*x -> F1", residual_adaln, None, n_activations=2, n_outputs=2, n_modulations=3),
-    "F2 fp32 form": Case("F2 fp32 form (Wan)", residual_adaln_fp32_form, None, n_activations=2, n_outputs=2, n_modulations=3),
-    "F2 rms weight": Case("F2 res+x -> RMS*weight (LLM)", residual_rms_norm, None, n_activations=2, n_outputs=2, n_modulations=0),
-    "F3": Case("F3 select01 F1", select01_adaln, select01_adaln_kernel, n_activations=1, n_outputs=1, select01=True),
-    "F3+F2": Case("F3 select01 F2", select01_residual_adaln, None, n_activations=2, n_outputs=2, n_modulations=3, select01=True),
-    "F1 after add": Case("F1 on a + b", adaln_f1_after_add, None, n_activations=2, n_outputs=1),
-    "F1 pair": Case("F1 one norm, two modulations", adaln_pair, None, n_activations=1, n_outputs=2, n_modulations=4),
+    "adaln": Case("adaln LN*(1+s)+t", adaln_f1, adaln_f1_kernel, n_activations=1, n_outputs=1),
+    "adaln rms": Case("adaln RMS(fp32 stats)*(1+s)+t", adaln_f1_rms, None, n_activations=1, n_outputs=1),
+    "adaln fp32 form": Case("adaln fp32 form (Wan)", adaln_f1_fp32_form, None, n_activations=1, n_outputs=1),
+    "residual_adaln": Case("residual_adaln res+g*x -> adaln", residual_adaln, None, n_activations=2, n_outputs=2, n_modulations=3),
+    "residual_adaln fp32 form": Case("residual_adaln fp32 form (Wan)", residual_adaln_fp32_form, None, n_activations=2, n_outputs=2, n_modulations=3),
+    "residual_adaln rms weight": Case("residual_adaln res+x -> RMS*weight (LLM)", residual_rms_norm, None, n_activations=2, n_outputs=2, n_modulations=0),
+    "select01": Case("select01 select01 adaln", select01_adaln, select01_adaln_kernel, n_activations=1, n_outputs=1, select01=True),
+    "select01+residual_adaln": Case("select01 select01 residual_adaln", select01_residual_adaln, None, n_activations=2, n_outputs=2, n_modulations=3, select01=True),
+    "adaln after add": Case("adaln on a + b", adaln_f1_after_add, None, n_activations=2, n_outputs=1),
+    "adaln pair": Case("adaln one norm, two modulations", adaln_pair, None, n_activations=1, n_outputs=2, n_modulations=4),
 }
 
 
@@ -239,19 +197,6 @@ class Row:
     @property
     def over_floor(self) -> float:
         return self.fused_ms / self.floor_ms
-
-
-def relative_error(out: torch.Tensor | tuple, ref: torch.Tensor | tuple) -> float:
-    """||out - ref|| / ||ref|| in fp64 (over all outputs of a tuple)."""
-    outs, refs = (out, ref) if isinstance(out, tuple) else ((out,), (ref,))
-    error = sum((o.double() - r).norm() ** 2 for o, r in zip(outs, refs, strict=True)) ** 0.5
-    return (error / sum(r.norm() ** 2 for r in refs) ** 0.5).item()
-
-
-def compile_fresh(fn: Callable, backend: str, size_rule: bool = True) -> Callable:
-    """A compiled ``fn`` with static shapes; ``size_rule=False`` makes our pass fire at any size."""
-    options = {"fusion_passes": {"size_rule": size_rule}} if backend == "fusion_passes" else None
-    return torch.compile(fn, backend=backend, dynamic=False, options=options)
 
 
 def bench(case: Case, shape: tuple[int, int, int], bandwidth: float, dtype: torch.dtype) -> Row:
@@ -290,16 +235,16 @@ def bench(case: Case, shape: tuple[int, int, int], bandwidth: float, dtype: torc
 
 
 def sweep_call(kind: str, shape: tuple[int, int, int], dtype: torch.dtype) -> adaln_kernels.NormModulate:
-    """A kernel call of ``kind`` (F1, F2, F3: F1 with a per-row choice, pair) on fresh inputs."""
+    """A kernel call of ``kind`` (adaln, residual_adaln, select01: adaln with a per-row choice, pair) on fresh inputs."""
     batch, tokens, hidden = shape
     x, residual = (torch.randn(shape, dtype=dtype, device="cuda") for _ in range(2))
     shift, scale, gate, shift2, scale2, _ = (
         t[:, None] for t in torch.randn(batch, 6 * hidden, dtype=dtype, device="cuda").chunk(6, dim=1)
     )
     call = f1_call(x, scale, shift)
-    if kind == "F2":
+    if kind == "residual_adaln":
         return dataclasses.replace(call, residual=residual, gate=(gate,), residual_dtype=dtype)
-    if kind == "F3":
+    if kind == "select01":
         select = torch.randint(0, 2, (batch, tokens, 1), device="cuda") == 0
         return dataclasses.replace(call, scale=(scale, scale2), shift=(shift, shift2), select=select)
     if kind == "pair":
@@ -352,7 +297,7 @@ def host_us_per_call(fn: Callable[..., object], args: tuple, calls: int = 300) -
 
 
 def host_overhead(dtype: torch.dtype) -> dict[str, float]:
-    """Host cost per F1 call: Inductor's compiled chain, ours (fired), and the op's layers."""
+    """Host cost per adaln call: Inductor's compiled chain, ours (fired), and the op's layers."""
     x = torch.randn(1, 64, 3072, dtype=dtype, device="cuda")
     emb = torch.randn(1, 6 * 3072, dtype=dtype, device="cuda")
     torch._dynamo.reset()
@@ -397,12 +342,12 @@ F2_SHAPES = [
     (1, 4096, 1024),
     (1, 4096, 512),
 ]
-# The other variants at the SPEC.md shapes, plus a small one.
-VARIANTS = ("F1 rms", "F1 fp32 form", "F2 fp32 form", "F3", "F3+F2", "F1 pair")
+# The other variants at the target shapes, plus a small one.
+VARIANTS = ("adaln rms", "adaln fp32 form", "residual_adaln fp32 form", "select01", "select01+residual_adaln", "adaln pair")
 VARIANT_SHAPES = [(1, 4096, 3072), (1, 32760, 1536), (1, 256, 3072)]
 # LLM hidden sizes, prefill to short chunks (the weight is read once: not counted in the floor).
 LLM_SHAPES = [(1, 8192, 4096), (1, 4096, 4096), (1, 1024, 4096), (1, 256, 4096), (1, 4096, 2048), (1, 4096, 5120), (1, 4096, 8192)]
-# F1 on a sum used only there: the size rule refuses it at every size; these check that it should.
+# adaln on a sum used only there: the size rule refuses it at every size; these check that it should.
 AFTER_ADD_SHAPES = [(1, 1024, 3072), (1, 4096, 3072), (2, 4096, 3072), (1, 32760, 1536)]
 SWEEP_SHAPES = [(1, 4096, 3072), (1, 32760, 1536)]
 
@@ -411,15 +356,15 @@ def main() -> None:
     """Run every case, print the table last, write JSON to --out."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="directory for results.json")
-    parser.add_argument("--sweep", default="", help="also sweep kernel launch configs of these kinds: F1,F2,F3,pair")
+    parser.add_argument("--sweep", default="", help="also sweep kernel launch configs of these kinds: adaln,residual_adaln,select01,pair")
     parser.add_argument("--sweep-only", action="store_true", help="only the sweep (no cases, no host overhead)")
     parser.add_argument(
-        "--f1-shapes", default=None, help="only these F1 shapes, e.g. 1x4096x2048,2x4096x2048 (no F2 cases)"
+        "--f1-shapes", default=None, help="only these adaln shapes, e.g. 1x4096x2048,2x4096x2048 (no residual_adaln cases)"
     )
-    parser.add_argument("--cases", default="", help="only these cases at their shapes, e.g. 'F2 rms weight,F2'")
+    parser.add_argument("--cases", default="", help="only these cases at their shapes, e.g. 'residual_adaln rms weight,residual_adaln'")
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        raise SystemExit("bench_fusions.py needs a CUDA GPU")
+        raise SystemExit("bench_adaln.py needs a CUDA GPU")
     torch.manual_seed(0)
     # Every compile runs the passes (an FX-graph-cache hit would skip them and hide what fired).
     torch._inductor.config.force_disable_caches = True
@@ -430,11 +375,11 @@ def main() -> None:
         f2_shapes = []
     else:
         f1_shapes, f2_shapes = F1_SHAPES, F2_SHAPES
-    plan = [(CASES["F1"], shape) for shape in f1_shapes] + [(CASES["F2"], shape) for shape in f2_shapes]
+    plan = [(CASES["adaln"], shape) for shape in f1_shapes] + [(CASES["residual_adaln"], shape) for shape in f2_shapes]
     if not args.f1_shapes:
         plan += [(CASES[name], shape) for name in VARIANTS for shape in VARIANT_SHAPES]
-        plan += [(CASES["F1 after add"], shape) for shape in AFTER_ADD_SHAPES]
-        plan += [(CASES["F2 rms weight"], shape) for shape in LLM_SHAPES]
+        plan += [(CASES["adaln after add"], shape) for shape in AFTER_ADD_SHAPES]
+        plan += [(CASES["residual_adaln rms weight"], shape) for shape in LLM_SHAPES]
     if args.cases:
         names = args.cases.split(",")
         unknown = sorted(set(names) - set(CASES))
@@ -471,7 +416,7 @@ def main() -> None:
             for result in timed[:5] + [r for r in timed if r["default"]]:
                 print(f"sweep {result['kind']} {result['shape']} config={result['config']} {result['ms'] * 1e3:.1f} us")
     print(json.dumps(meta))
-    print("host us per F1 call:", json.dumps({k: round(v, 1) for k, v in overhead.items()}))
+    print("host us per adaln call:", json.dumps({k: round(v, 1) for k, v in overhead.items()}))
     print("| case | x shape | eager ms | Inductor ms | fused ms | fires | forced ms | kernel ms | copy ms | floor ms | fused/floor | Inductor/fused | Inductor/forced | rel err fused | rel err Inductor |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
