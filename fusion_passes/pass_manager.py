@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import importlib.metadata
@@ -65,6 +66,10 @@ class FusionPassManager(CustomInferenceAwareGraphPass or CustomGraphPass):  # ty
         self.config = config or FusionConfig()
         self.chained = as_pass_list(chained)
         self.report = report
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FusionPassManager:
+        """A copy that adds to the same report (AOTInductor deep-copies its config patches)."""
+        return type(self)(self.config, copy.deepcopy(self.chained, memo), self.report)
 
     def __call__(self, graph: torch.fx.Graph, is_inference: bool | None = None) -> None:
         """Rewrite ``graph`` in place and add what happened to the report."""

@@ -314,3 +314,15 @@ def test_a_mode_without_post_grad_passes_is_reported():
 
 def test_the_package_has_a_version():
     assert fusion_passes.__version__ == importlib.metadata.version("fusion-passes")
+
+
+def test_a_copied_pass_manager_adds_to_the_same_report():
+    """AOTInductor deep-copies its config patches: the copy of our pass must still report to the user's report."""
+    import copy
+
+    report = fusion_passes.FusionReport()
+    manager = FusionPassManager(FusionConfig(devices=("cpu",)), report=report)
+    copied = copy.deepcopy(manager)
+    assert copied is not manager and copied.report is report and copied.config == manager.config
+    assert copied.uuid() == manager.uuid()
+
