@@ -142,6 +142,13 @@ def written_expression(node: torch.fx.Node) -> str | None:
     return calls[0] if calls else None
 
 
+def kernel_op_name(node: torch.fx.Node) -> str:
+    """The ATen op ``node`` comes from, before decompositions: the name Inductor gives its kernels by."""
+    original = node.meta.get("original_aten")
+    packet = getattr(original, "_overloadpacket", None)
+    return packet.__name__ if packet is not None else _op_name(node)
+
+
 def describe_value(value: Any) -> str:
     """``value`` as the user wrote it: ``\\`2 + scale[:, None]\\` at model.py:42``, an input, or a number."""
     if not isinstance(value, torch.fx.Node):
@@ -263,6 +270,9 @@ class NearMiss:
     reason: str
     module: str | None = None
     called_from: str | None = None
+    # The ATen ops the chain computes, named as Inductor names its kernels (the op before
+    # decompositions), so that the radar can tie a profiled kernel back to the chain.
+    ops: tuple[str, ...] = dataclasses.field(default=(), repr=False)
     # Names of the graph nodes the candidate chain covers (to tell one chain's near misses apart).
     chain: frozenset[str] = dataclasses.field(default=frozenset(), compare=False, repr=False)
 
@@ -296,9 +306,11 @@ class GraphReport:
         self, fusion: str, pattern: str | None, node: torch.fx.Node, reason: str, chain: Iterable[torch.fx.Node] = ()
     ) -> None:
         """Record that the chain at ``node`` (covering the ``chain`` nodes) was left unfused for ``reason``."""
-        names = frozenset(member.name for member in chain) | {node.name}
+        members = {node, *chain}
+        names = frozenset(member.name for member in members)
+        ops = tuple(sorted({kernel_op_name(member) for member in members if member.op == "call_function"}))
         self.near_misses.append(
-            NearMiss(fusion, pattern, node.name, reason=in_user_terms(reason), chain=names, **location(node))
+            NearMiss(fusion, pattern, node.name, reason=in_user_terms(reason), ops=ops, chain=names, **location(node))
         )
 
     def forget_near_misses_outside(self, graph: torch.fx.Graph) -> None:
@@ -346,7 +358,7 @@ class GraphReport:
         return cls(
             graph_id=graph_id,
             fused=[FusionRecord(**fields) for fields in records["fused"]],
-            near_misses=[NearMiss(**fields) for fields in records["near_misses"]],
+            near_misses=[NearMiss(**{**fields, "ops": tuple(fields.get("ops", ()))}) for fields in records["near_misses"]],
             cache_hit=True,
         )
 
