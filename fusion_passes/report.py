@@ -437,19 +437,41 @@ def _cache_counts() -> collections.Counter[str]:
     )
 
 
-@contextlib.contextmanager
-def reporting_cache_hits(report: FusionReport) -> Iterator[None]:
-    """Add to ``report`` a graph for each FX-graph-cache hit inside the block, with its first compile's records."""
-    before, accounted_before = _cache_counts(), _ACCOUNTED.copy()
-    yield
+def _report_new_records(
+    report: FusionReport, before: collections.Counter[str], accounted_before: collections.Counter[str]
+) -> tuple[int, int]:
+    # Adds a cache-hit graph for each records key counted since ``before`` that no pass or window
+    # accounted for; returns the cache hits counted since, and the graphs added.
     new = _cache_counts() - before - (_ACCOUNTED - accounted_before)
     hits = new.pop(_HITS, 0)
     for key, times in new.items():
         for _ in range(times):
             report.add(GraphReport.from_records_json(key[len(_RECORDS_KEY):], report.next_graph_id()))
         _ACCOUNTED[key] += times
+    return hits, new.total()
+
+
+# Where the last look for cache hits outside every window (options=inductor_options()) left off.
+_LAST_LOOK = [collections.Counter(), collections.Counter()]
+
+
+def report_unwatched_cache_hits(report: FusionReport) -> None:
+    """Add to ``report`` the cache hits since the last call that no window watched (a compile with
+    ``options=inductor_options()``, which has no hook around it): their compile id is unknown (``?``)."""
+    before, accounted_before = _LAST_LOOK
+    before[_HITS] = _cache_counts()[_HITS]  # a hit without records may be any compile's: not ours to report
+    _report_new_records(report, before, accounted_before)
+    _LAST_LOOK[:] = [_cache_counts(), _ACCOUNTED.copy()]
+
+
+@contextlib.contextmanager
+def reporting_cache_hits(report: FusionReport) -> Iterator[None]:
+    """Add to ``report`` a graph for each FX-graph-cache hit inside the block, with its first compile's records."""
+    before, accounted_before = _cache_counts(), _ACCOUNTED.copy()
+    yield
+    hits, recorded = _report_new_records(report, before, accounted_before)
     # A torch that does not restore a compile's counters on a hit: say what is not known, and how to see it.
-    for _ in range(hits - new.total()):
+    for _ in range(hits - recorded):
         graph = GraphReport(graph_id=report.next_graph_id(), cache_hit=True, recorded=False)
         report.add(graph)
         logger.warning("%s; compile with torch._inductor.config.fx_graph_cache = False to see it", graph.summary())

@@ -197,6 +197,35 @@ def test_stock_backend_context_manager_chains_and_restores():
     assert fusion_passes.report().counts() == {"adaln": 1}
 
 
+def test_the_backend_inside_enabled_runs_the_passes_once():
+    user_pass = CountingPass()
+    with torch._inductor.config.patch(post_grad_custom_post_pass=user_pass), fusion_passes.enabled(CPU_OPTIONS["fusion_passes"]):
+        torch.compile(chain, backend="fusion_passes", options=CPU_OPTIONS)(*inputs())
+        with fusion_passes.enabled(CPU_OPTIONS["fusion_passes"]):  # nested: still once
+            torch._dynamo.reset()
+            torch.compile(chain)(*inputs())
+    assert [graph.counts() for graph in fusion_passes.report().graphs] == [{"adaln": 1}, {"adaln": 1}]
+    assert user_pass.calls == 2  # the user's own pass, still chained, once per graph
+
+
+def test_our_passes_installed_twice_with_other_settings_is_an_error():
+    expected = r"backend='fusion_passes': fusion_passes is already installed .* with FusionConfig\(fusions=None, devices=\('cpu',\)"
+    with fusion_passes.enabled(CPU_OPTIONS["fusion_passes"]):
+        with pytest.raises(torch._dynamo.exc.BackendCompilerFailed, match=expected):
+            torch.compile(chain, backend="fusion_passes")(*inputs())
+        with pytest.raises(ValueError, match=r"inductor_options\(\): fusion_passes is already installed"):
+            fusion_passes.inductor_options({"fusions": ["rope"]})
+
+
+def test_mode_goes_with_our_settings_inside_enabled():
+    # The other documented way to give a mode and our settings: enabled() around the stock backend.
+    probe = ConfigProbe()
+    with torch._inductor.config.patch(post_grad_custom_post_pass=probe), fusion_passes.enabled({"devices": ["cpu"]}):
+        torch.compile(chain, mode="max-autotune-no-cudagraphs")(*inputs())
+    assert probe.max_autotune == [True]
+    assert fusion_passes.report().counts() == {"adaln": 1}
+
+
 def test_uuid_is_stable_and_tracks_settings():
     uuid = FusionPassManager(FusionConfig()).uuid()
     assert uuid == FusionPassManager(FusionConfig()).uuid()
