@@ -70,6 +70,19 @@ def test_report_is_logged(caplog):
     assert "1 fused, 0 near misses" in caplog.text
 
 
+def test_torch_logs_turns_on_the_fusion_passes_logger(tmp_path):
+    # torch's TORCH_LOGS takes any importable module's name: no registration needed.
+    code = (
+        "import logging, torch, fusion_passes\n"
+        "fusion_passes.report().add(fusion_passes.GraphReport('0/0'))\n"
+        "logging.getLogger('fusion_passes.radar').debug('a debug line')\n"
+    )
+    # "+": DEBUG and up (the summary is logged at INFO); one run, a fresh interpreter imports torch slowly.
+    env = {**os.environ, "TORCH_LOGS": "+fusion_passes"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert "graph 0/0: 0 fused, 0 near misses" in result.stderr and "a debug line" in result.stderr, result.stderr
+
+
 def test_mode_and_inductor_options_pass_through():
     torch.compile(
         chain,
