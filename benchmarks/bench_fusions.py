@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 import fusion_passes
+from fusion_passes.progress import progress
 from timing import cuda_graph_ms
 from fusion_passes.kernels import adaln as adaln_kernels
 
@@ -442,9 +443,12 @@ def main() -> None:
             raise SystemExit(f"--cases: unknown {unknown}, expected names from {sorted(CASES)}")
         plan = [(case, shape) for case, shape in plan if case in {CASES[name] for name in names}]
     rows = []
-    for case, shape in [] if args.sweep_only else plan:
-        rows.append(bench(case, shape, bandwidth, dtype))
-        print("row", json.dumps(dataclasses.asdict(rows[-1])), flush=True)
+    plan = [] if args.sweep_only else plan
+    with progress("bench_fusions: compiling and timing each case (eager, Inductor alone, fused)", total=len(plan)) as advance:
+        for case, shape in plan:
+            rows.append(bench(case, shape, bandwidth, dtype))
+            print("row", json.dumps(dataclasses.asdict(rows[-1])), flush=True)
+            advance()
     kinds = [kind for kind in args.sweep.split(",") if kind]
     sweep = []
     for kind in kinds:

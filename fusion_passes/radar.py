@@ -38,6 +38,7 @@ import torch
 
 import fusion_passes
 from fusion_passes.config import FusionConfig
+from fusion_passes.progress import progress
 from fusion_passes.report import FusionReport, NearMiss
 
 GEMM, ATTENTION, OTHER = "GEMM", "attention", "other"
@@ -274,27 +275,29 @@ def radar(
     fusion_passes.reset_report()
     cuda = torch.cuda.is_available() and _on_cuda(module, args, kwargs)
     with torch.no_grad():
-        print("radar: compiling with the fusion_passes backend and running", file=sys.stderr, flush=True)
-        compiled(*args, **kwargs)
+        with progress("radar: compiling with the fusion_passes backend and running"):
+            compiled(*args, **kwargs)
         report = fusion_passes.report()
         result = RadarResult(report.summary(), device=torch.cuda.get_device_name() if cuda else "cpu")
         if not cuda:
             return result
-        print(f"radar: profiling {steps} steps", file=sys.stderr, flush=True)
-        compiled(*args, **kwargs)  # warm: autotuning and first-call work stay out of the profile
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(steps):
-            compiled(*args, **kwargs)
-        end.record()
-        end.synchronize()
-        result.step_ms = start.elapsed_time(end) / steps
-        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-        with torch.profiler.profile(activities=activities) as profile:
+        with progress(f"radar: timing {steps} steps, then profiling {steps}", total=2) as advance:
+            compiled(*args, **kwargs)  # warm: autotuning and first-call work stay out of the profile
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
             for _ in range(steps):
                 compiled(*args, **kwargs)
-            torch.cuda.synchronize()
+            end.record()
+            end.synchronize()
+            result.step_ms = start.elapsed_time(end) / steps
+            advance()
+            activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+            with torch.profiler.profile(activities=activities) as profile:
+                for _ in range(steps):
+                    compiled(*args, **kwargs)
+                torch.cuda.synchronize()
+            advance()
     result.attributions = attribute(rows_from_profile(profile.events()), report)
     result.steps = steps
     return result
