@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 import fusion_passes
+import plots
 from fusion_passes.progress import progress
 from timing import back_to_back_ms, cuda_graph_ms, host_ms
 
@@ -128,6 +129,8 @@ def main() -> None:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "blocks.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        if plots.has_matplotlib():  # an optional extra: the chart is drawn where it is installed
+            print(f"wrote {plots.write_block_speedups(args.out / 'blocks.json', args.out / 'blocks-speedup.png')}")
     print(json.dumps(meta))
     print("| model | size | block | CUDA graphs: Inductor ms | ours ms | speedup | no graphs: Inductor ms | ours ms | speedup "
           "| host ms: Inductor / ours | fusions | rel err |")
