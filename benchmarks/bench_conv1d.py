@@ -1,4 +1,4 @@
-"""GPU benchmark of the causal depthwise conv1d (SPEC.md F6): the graph pattern, the packed varlen op, the floor.
+"""GPU benchmark of the causal depthwise conv1d: the graph pattern, the packed varlen op, the floor.
 
 Run on a CUDA machine: ``python benchmarks/bench_conv1d.py [--out DIR] [--sweep]`` (``--dry-run``
 builds the cases, checks the eager references on CPU at a small width and prints the table with

@@ -398,7 +398,7 @@ F2_SHAPES = [
     (1, 4096, 1024),
     (1, 4096, 512),
 ]
-# The other variants at the SPEC.md shapes, plus a small one.
+# The other variants at the target shapes (FLUX and Wan-1.3B activations), plus a small one.
 VARIANTS = ("F1 rms", "F1 fp32 form", "F2 fp32 form", "F3", "F3+F2", "F1 pair")
 VARIANT_SHAPES = [(1, 4096, 3072), (1, 32760, 1536), (1, 256, 3072)]
 # LLM hidden sizes, prefill to short chunks (the weight is read once: not counted in the floor).

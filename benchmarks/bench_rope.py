@@ -1,4 +1,4 @@
-"""GPU benchmark of the RoPE family (SPEC.md F4, F5): eager vs Inductor alone vs fused vs the floor.
+"""GPU benchmark of the RoPE family (with and without the q/k norm): eager vs Inductor alone vs fused vs the floor.
 
 Run on a CUDA machine: ``python benchmarks/bench_rope.py [--out DIR] [--sweep]``.
 Each case runs q and k (``[B, L, H, D]``, bf16) through a model's spelling; every case is checked
@@ -165,10 +165,10 @@ CASES = {
     "F4 across heads": Case("F4 across heads, slice assignment (Wan)", f4_across_heads, "interleaved", normed=True, across_heads=True),
     "F4 joint": Case("F4 joint txt+img (FLUX)", f4_joint, "interleaved", normed=True, joint_text=512),
 }
-SPEC_SHAPES = [(1, 4608, 24, 128), (1, 32760, 12, 128)]
+TARGET_SHAPES = [(1, 4608, 24, 128), (1, 32760, 12, 128)]
 SMALL_SHAPES = [(1, 64, 24, 128), (1, 256, 24, 128), (1, 1024, 24, 128), (2, 64, 4, 32)]
 PLAN = (
-    [(name, shape) for name in ("F4 interleaved", "F4 half-split", "F4 complex", "F5 interleaved", "F4 across heads") for shape in SPEC_SHAPES]
+    [(name, shape) for name in ("F4 interleaved", "F4 half-split", "F4 complex", "F5 interleaved", "F4 across heads") for shape in TARGET_SHAPES]
     + [("F4 joint", (1, 4608, 24, 128))]
     + [(name, shape) for name in ("F4 interleaved", "F4 complex", "F5 interleaved") for shape in SMALL_SHAPES]
 )
@@ -270,7 +270,7 @@ def main() -> None:
             rows.append(bench(CASES[name], shape, bandwidth, dtype))
             print("row", json.dumps(dataclasses.asdict(rows[-1])), flush=True)
             advance()
-    sweep = [r for shape in SPEC_SHAPES for norm in NORMS for r in sweep_configs(shape, dtype, norm)] if args.sweep else []
+    sweep = [r for shape in TARGET_SHAPES for norm in NORMS for r in sweep_configs(shape, dtype, norm)] if args.sweep else []
     meta = {
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": datetime.date.today().isoformat(),
         "copy_bandwidth_TBps": bandwidth / 1e12, "dtype": str(dtype),
@@ -279,7 +279,7 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         payload = {"meta": meta, "rows": [dataclasses.asdict(r) for r in rows], "sweep": sweep}
         (args.out / "rope.json").write_text(json.dumps(payload, indent=1))
-    for shape in SPEC_SHAPES:
+    for shape in TARGET_SHAPES:
         for norm in NORMS if sweep else ():
             timed = sorted((r for r in sweep if r["shape"] == list(shape) and r["norm"] == norm), key=lambda r: r["ms"])
             print(f"sweep {list(shape)} norm={norm} heads/warps:us", " ".join(

@@ -1,4 +1,4 @@
-"""AdaLN fusions (SPEC.md F1, F2, F3): a norm followed by modulation, optionally after a gated residual.
+"""AdaLN fusions: a norm followed by modulation, optionally after a gated residual.
 
 - ``adaln`` (F1): ``N(x) * (1 + scale) + shift`` -> ``fusion_passes::norm_modulate``.
 - ``residual_adaln`` (F2): ``r = residual + gate * x``, then F1 on ``r``, where ``r`` is also used

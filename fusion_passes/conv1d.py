@@ -1,4 +1,4 @@
-"""Causal depthwise conv1d (+ SiLU) fusion (SPEC.md F6) -> ``fusion_passes::causal_conv1d``.
+"""Causal depthwise conv1d (+ SiLU) fusion -> ``fusion_passes::causal_conv1d``.
 
 Models write the causal conv of linear-attention and state-space layers (Qwen3-Next's gated
 delta net, Mamba-style blocks) as a padded depthwise conv cut back to the input length:

@@ -1,4 +1,4 @@
-"""The diffusers models of SPEC.md (tiny random configs) compiled with the backend on CPU.
+"""The diffusers models the fusions target (tiny random configs) compiled with the backend on CPU.
 
 Whole transformer and each repeated block alone (diffusers' ``compile_repeated_blocks``), fp32 and
 bf16: the exact number of fusions of each kind, and outputs matching ``torch.compile`` alone.
@@ -24,14 +24,14 @@ PARITY = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 
 
 def kind(record: FusionRecord) -> str:
-    """A fusion's SPEC.md kind: F1 (adaln), F2 (residual_adaln), F4 (rope with its norm), F5 (rope alone)."""
+    """A fusion's chain kind: F1 (adaln), F2 (residual_adaln), F4 (rope with its norm), F5 (rope alone)."""
     if record.fusion == "rope":
         return "F4" if " -> rope[" in record.pattern else "F5"
     return {"adaln": "F1", "residual_adaln": "F2"}[record.fusion]
 
 
 def kinds(graph: fusion_passes.GraphReport) -> dict[str, int]:
-    """Fusions of a graph by SPEC.md kind (F3: F1 or F2 with a per-row choice, counted again)."""
+    """Fusions of a graph by chain kind (F3: F1 or F2 with a per-row choice, counted again)."""
     counts = collections.Counter(kind(record) for record in graph.fused)
     counts["F3"] = sum("select01" in record.pattern for record in graph.fused)
     return {kind: count for kind, count in counts.items() if count}
