@@ -150,16 +150,16 @@ def explaining_near_miss(ops: frozenset[str], near_misses: Sequence[NearMiss]) -
     """The near miss whose chain a kernel computing ``ops`` computes, or None.
 
     A chain's distinctive ops (its norm, convolution, complex product: not arithmetic or views)
-    must be among the kernel's, and two ops shared (one for a library kernel, known by one op). Of several, the one
-    sharing most distinctive ops, then most ops for the fewest, wins (the first reported on a tie).
+    must be among the kernel's, and two of its ops at least (one for a library kernel, known by the
+    one op that launched it). Of several, the one sharing most distinctive ops, then most ops for the
+    fewest, wins (the first reported on a tie). A kernel name tells ops, not graph nodes.
     """
     best, best_score = None, None
     for miss in near_misses:
         chain = set(miss.ops)
         shared = chain & ops
         distinctive = chain - _GENERIC_OPS
-        # A library kernel is known by one op (the one that launched it).
-        if (distinctive and not distinctive & ops) or len(shared) < min(2, len(chain), len(ops)) or not shared:
+        if not shared or (distinctive and not distinctive & ops) or len(shared) < min(2, len(chain), len(ops)):
             continue
         score = (len(distinctive & ops), len(shared) / len(chain | ops))
         if best_score is None or score > best_score:
