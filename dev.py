@@ -90,6 +90,9 @@ def main(argv: list[str]) -> int:
         return 2
     else:
         setup()
+        if argv[0] == "test" and len(argv) == 1:
+            print("dev.py: running the whole test suite: about 13 minutes on 2 CPU cores, one dot per test "
+                  "(pass pytest arguments to narrow it, e.g. -m 'not examples' or tests/test_report.py)", flush=True)
         code = subprocess.run([str(PYTHON), *commands[argv[0]], *argv[1:]], cwd=ROOT).returncode
     if argv[0].startswith("test") and code == 5:
         print("dev.py: pytest collected no tests; that is a failure", file=sys.stderr)

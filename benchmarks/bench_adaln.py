@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from chain_bench import INPUT_SETS, compile_fresh, copy_bandwidth, relative_error, time_copy, time_cuda_graph
 
 import fusion_passes
+from fusion_passes.progress import progress
 from fusion_passes.kernels import adaln as adaln_kernels
 
 
@@ -387,9 +388,12 @@ def main() -> None:
             raise SystemExit(f"--cases: unknown {unknown}, expected names from {sorted(CASES)}")
         plan = [(case, shape) for case, shape in plan if case in {CASES[name] for name in names}]
     rows = []
-    for case, shape in [] if args.sweep_only else plan:
-        rows.append(bench(case, shape, bandwidth, dtype))
-        print("row", json.dumps(dataclasses.asdict(rows[-1])), flush=True)
+    plan = [] if args.sweep_only else plan
+    with progress("bench_adaln: compiling and timing each case (eager, Inductor alone, fused)", total=len(plan)) as advance:
+        for case, shape in plan:
+            rows.append(bench(case, shape, bandwidth, dtype))
+            print("row", json.dumps(dataclasses.asdict(rows[-1])), flush=True)
+            advance()
     kinds = [kind for kind in args.sweep.split(",") if kind]
     sweep = []
     for kind in kinds:

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 
 import fusion_passes
+import plots
+from fusion_passes.progress import progress
 from timing import back_to_back_ms, cuda_graph_ms, host_ms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -72,15 +74,20 @@ def bench_block(name: str, block: torch.nn.Module, args: tuple, kwargs: dict) ->
     fused = torch.compile(block, backend="fusion_passes")
     row: dict[str, Any] = {"block": name}
     with torch.no_grad():
-        plain_out = first_tensor(inductor(*args, **kwargs))
+        with progress(f"  {name}: compiling with Inductor alone"):
+            plain_out = first_tensor(inductor(*args, **kwargs))
         torch._dynamo.reset()
-        fused_out = first_tensor(fused(*args, **kwargs))
+        with progress(f"  {name}: compiling with backend='fusion_passes'"):
+            fused_out = first_tensor(fused(*args, **kwargs))
         report = fusion_passes.report()
-        for label, fn in (("inductor", inductor), ("fused", fused)):
-            call = lambda fn=fn: fn(*args, **kwargs)  # noqa: E731
-            row[f"{label}_ms"] = cuda_graph_ms(call, calls_per_graph=4, replays=20)
-            row[f"{label}_no_graph_ms"] = back_to_back_ms(call, calls=20)
-            row[f"{label}_host_ms"] = host_ms(call, calls=10)
+        with progress(f"  {name}: timing (CUDA graphs, no graphs, host) both ways", total=6) as advance:
+            for label, fn in (("inductor", inductor), ("fused", fused)):
+                call = lambda fn=fn: fn(*args, **kwargs)  # noqa: E731
+                for key, timer in (("ms", lambda: cuda_graph_ms(call, calls_per_graph=4, replays=20)),
+                                   ("no_graph_ms", lambda: back_to_back_ms(call, calls=20)),
+                                   ("host_ms", lambda: host_ms(call, calls=10))):
+                    row[f"{label}_{key}"] = timer()
+                    advance()
     return {
         **row,
         "speedup": row["inductor_ms"] / row["fused_ms"],
@@ -101,13 +108,15 @@ def main() -> None:
         raise SystemExit("bench_blocks.py needs a CUDA GPU")
     torch._inductor.config.force_disable_caches = True
     rows = []
-    for case in args.cases.split(","):
+    cases = args.cases.split(",")
+    for number, case in enumerate(cases, 1):
         model_name, size = case.split(":")
         builder, kwargs = BLOCK_MODELS[model_name]
         resolution = dict(video=size) if "x" in size else dict(pixels=int(size))  # a video FxHxW, or an image side
-        model, inputs = model_zoo.build(builder, torch.bfloat16, "cuda", size="full", **kwargs, **resolution)
-        for block_name, (block, block_args, block_kwargs) in record_block_inputs(model, inputs).items():
-            print(f"compiling and timing {model_name} {size} {block_name}", flush=True)
+        with progress(f"case {number} of {len(cases)}, {case}: building one block of each kind and recording their inputs"):
+            model, inputs = model_zoo.build(builder, torch.bfloat16, "cuda", size="full", **kwargs, **resolution)
+            blocks = record_block_inputs(model, inputs)
+        for block_name, (block, block_args, block_kwargs) in blocks.items():
             row = bench_block(block_name, block, block_args, block_kwargs)
             rows.append({"model": model_name, "size": size, **row})
             print(json.dumps(rows[-1]), flush=True)
@@ -120,6 +129,8 @@ def main() -> None:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "blocks.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        if plots.has_matplotlib():  # an optional extra: the chart is drawn where it is installed
+            print(f"wrote {plots.write_block_speedups(args.out / 'blocks.json', args.out / 'blocks-speedup.png')}")
     print(json.dumps(meta))
     print("| model | size | block | CUDA graphs: Inductor ms | ours ms | speedup | no graphs: Inductor ms | ours ms | speedup "
           "| host ms: Inductor / ours | fusions | rel err |")

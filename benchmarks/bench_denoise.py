@@ -14,6 +14,7 @@ import argparse
 import datetime
 import gc
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import torch
 from bench_blocks import BLOCK_MODELS, first_tensor, model_zoo, relative_error
 
 import fusion_passes
+from fusion_passes.progress import progress
 from timing import back_to_back_ms
 
 DEFAULT_CASES = "flux:1024,qwen_image:1024,wan:81x480x832"
@@ -47,22 +49,26 @@ def step_ms(model: torch.nn.Module, inputs: dict[str, Any]) -> tuple[float, torc
 
 def bench_case(model_name: str, size: str) -> dict[str, Any]:
     """Eager, Inductor alone and the backend on one model at one size."""
-    model, inputs = build(model_name, size)
+    with progress("  building the full-depth model (random weights)"):
+        model, inputs = build(model_name, size)
     row: dict[str, Any] = {"case": f"{model_name}:{size}", "params_b": sum(p.numel() for p in model.parameters()) / 1e9}
-    row["eager_ms"], _ = step_ms(model, inputs)
+    with progress("  timing eager"):
+        row["eager_ms"], _ = step_ms(model, inputs)
     outs = {}
     for route in ("inductor", "fusion_passes"):
         torch._dynamo.reset()
         fusion_passes.reset_report()
         started = time.perf_counter()
-        if route == "inductor":
-            model.compile_repeated_blocks()
-        else:
-            model.compile_repeated_blocks(backend="fusion_passes")
-        with torch.no_grad():
-            model(**inputs, return_dict=False)
+        with progress(f"  {route}: compiling the repeated blocks (regional compile) in a first step"):
+            if route == "inductor":
+                model.compile_repeated_blocks()
+            else:
+                model.compile_repeated_blocks(backend="fusion_passes")
+            with torch.no_grad():
+                model(**inputs, return_dict=False)
         row[f"{route}_compile_s"] = time.perf_counter() - started
-        row[f"{route}_ms"], outs[route] = step_ms(model, inputs)
+        with progress(f"  {route}: timing"):
+            row[f"{route}_ms"], outs[route] = step_ms(model, inputs)
         if route == "fusion_passes":
             row["fusions"] = fusion_passes.report().counts()
     row["speedup"] = row["inductor_ms"] / row["fusion_passes_ms"]
@@ -83,9 +89,10 @@ def main() -> None:
         raise SystemExit("bench_denoise.py needs a CUDA GPU")
     torch._inductor.config.force_disable_caches = True
     rows = []
-    for case in options.cases.split(","):
+    cases = options.cases.split(",")
+    for number, case in enumerate(cases, 1):
         model_name, size = case.split(":")
-        print(f"bench_denoise: {case}: building, compiling and timing", flush=True)
+        print(f"bench_denoise: case {number} of {len(cases)}, {case}", file=sys.stderr, flush=True)
         rows.append(bench_case(model_name, size))
         print(json.dumps(rows[-1]), flush=True)
     if options.out is not None:

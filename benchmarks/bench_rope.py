@@ -23,6 +23,7 @@ import triton
 from chain_bench import INPUT_SETS, compile_fresh, copy_bandwidth, relative_error, time_copy, time_cuda_graph
 
 import fusion_passes
+from fusion_passes.progress import progress
 from fusion_passes.kernels import rope as rope_kernels
 
 EPS = 1e-6
@@ -264,9 +265,11 @@ def main() -> None:
     dtype = torch.bfloat16
     bandwidth = copy_bandwidth()
     rows = []
-    for name, shape in PLAN:
-        rows.append(bench(CASES[name], shape, bandwidth, dtype))
-        print("row", json.dumps(dataclasses.asdict(rows[-1])), flush=True)
+    with progress("bench_rope: compiling and timing each case (eager, Inductor alone, fused)", total=len(PLAN)) as advance:
+        for name, shape in PLAN:
+            rows.append(bench(CASES[name], shape, bandwidth, dtype))
+            print("row", json.dumps(dataclasses.asdict(rows[-1])), flush=True)
+            advance()
     sweep = [r for shape in TARGET_SHAPES for norm in NORMS for r in sweep_configs(shape, dtype, norm)] if args.sweep else []
     meta = {
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": datetime.date.today().isoformat(),

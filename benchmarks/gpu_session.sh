@@ -20,7 +20,9 @@ command=${1:-tests}
 shift || true
 case "$command" in
     # The install test needs the package index, which the device machine cannot reach.
-    tests) python3 -m pytest -q -p no:cacheprovider -n 8 -m "not install" "${@:-tests}" 2>&1 | tee "$OUT/tests.log" | tail -30 ;;
+    # Eight workers where pytest-xdist is installed (not one of the test extras), else one.
+    tests) workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
+           python3 -m pytest -q -p no:cacheprovider $workers -m "not install" "${@:-tests}" 2>&1 | tee "$OUT/tests.log" | tail -30 ;;
     bench) name=$1; shift; python3 "benchmarks/bench_$name.py" --out "$OUT" "$@" 2>&1 | tee "$OUT/bench_$name.log" ;;
     *) echo "gpu_session.sh: expected 'tests' or 'bench NAME', got '$command'" >&2; exit 2 ;;
 esac

@@ -24,6 +24,7 @@ import model_zoo
 import torch
 
 import fusion_passes
+from fusion_passes.progress import progress
 
 # The GPU timing helpers live with the benchmarks (they are not part of the installed package).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -94,15 +95,6 @@ def backend_options(device: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def progress(label: str) -> Iterator[None]:
-    """Print ``label ...`` before a long step and its duration after it."""
-    print(f"{label} ...", end="", flush=True)
-    started = time.perf_counter()
-    yield
-    print(f" {time.perf_counter() - started:.1f} s", flush=True)
-
-
-@contextlib.contextmanager
 def passes_run() -> Iterator[None]:
     """No FX graph or AOT cache hits, which skip post-grad passes: the report lists every fusion on every run."""
     with (
@@ -140,14 +132,17 @@ def print_step_times(calls: dict[str, Callable[[], object]], graphs: tuple[str, 
     replay for ``graphs``."""
     rows: dict[str, dict[str, float]] = {"without CUDA graphs": {}, "CUDA-graph replay": {}}
     failures = []
-    with progress("timing"):
+    with progress("timing (eager, Inductor alone, fusion_passes; with and without CUDA graphs)",
+                  total=len(calls) + len(graphs)) as advance:
         for label, call in calls.items():
             rows["without CUDA graphs"][label] = back_to_back_ms(call, calls=5, windows=3)
+            advance()
             if label in graphs:
                 try:
                     rows["CUDA-graph replay"][label] = cuda_graph_ms(call, calls_per_graph=1, replays=10)
                 except RuntimeError as error:  # e.g. a host synchronization in the model: not capturable
                     failures.append(f"CUDA-graph capture of {label} failed: {error}")
+                advance()
     for failure in failures:
         print(failure)
     print(f"\ntime per {output}, median ms".ljust(27) + "".join(f"{label:>22}" for label in calls)
@@ -223,22 +218,28 @@ def run_pipeline(example: Example, argv: list[str] | None = None) -> int:
     pipe.set_progress_bar_config(disable=True)
     print(f"{arguments['num_inference_steps']} denoising steps, {args.dtype} on {on}; torch {torch.__version__}")
 
-    def generate() -> torch.Tensor:
-        return example.call(pipe, arguments)
+    steps = arguments["num_inference_steps"]
+
+    def generate(label: str) -> torch.Tensor:
+        """One generation, with a bar over its denoising steps (the first step of a compiled one compiles the blocks)."""
+        with progress(label, total=steps) as advance:
+            def step_done(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+                advance()
+                return tensors
+
+            return example.call(pipe, {**arguments, "callback_on_step_end": step_done})
 
     outputs, seconds = {}, {}
     # Each variant: a first generation (compiling, for the compiled ones) gives the output; a second is timed.
-    with progress("generating eagerly"):
-        outputs["eager"] = generate()
-    seconds["eager"] = wall_seconds(generate)
+    outputs["eager"] = generate("generating eagerly")
+    seconds["eager"] = wall_seconds(lambda: generate("timing one eager generation"))
     pipe.transformer.compile_repeated_blocks()
-    with progress("compiling the blocks with torch.compile alone (Inductor) and generating"):
-        outputs["torch.compile alone"] = generate()
-    seconds["torch.compile alone"] = wall_seconds(generate)
+    outputs["torch.compile alone"] = generate("compiling the blocks with torch.compile alone (Inductor) and generating")
+    seconds["torch.compile alone"] = wall_seconds(lambda: generate("timing one generation, torch.compile alone"))
     pipe.transformer.compile_repeated_blocks(backend="fusion_passes", options=backend_options(on))
-    with passes_run(), progress("compiling the blocks with backend='fusion_passes' and generating"):
-        outputs["fusion_passes"] = generate()
-    seconds["fusion_passes"] = wall_seconds(generate)
+    with passes_run():
+        outputs["fusion_passes"] = generate("compiling the blocks with backend='fusion_passes' and generating")
+    seconds["fusion_passes"] = wall_seconds(lambda: generate("timing one generation, fusion_passes"))
 
     print_report()
     match = print_parity(outputs["fusion_passes"], outputs["torch.compile alone"], outputs["eager"], dtype)

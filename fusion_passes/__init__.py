@@ -11,7 +11,7 @@ from fusion_passes.config import OPTIONS_KEY, FusionConfig
 from fusion_passes.kernels.conv1d import causal_conv1d_varlen
 from fusion_passes.pass_manager import FusionPassManager
 from fusion_passes.registry import families
-from fusion_passes.report import GLOBAL_REPORT, FusionReport, GraphReport
+from fusion_passes.report import GLOBAL_REPORT, FusionReport, GraphReport, report_unwatched_cache_hits
 
 try:
     __version__ = importlib.metadata.version("fusion-passes")
@@ -20,12 +20,14 @@ except importlib.metadata.PackageNotFoundError:  # a checkout on sys.path, not i
 
 
 def report() -> FusionReport:
-    """The report of every graph compiled with the passes since the last ``reset_report()``."""
+    """The report of every graph compiled with the passes (or loaded from the FX graph cache) since the last ``reset_report()``."""
+    report_unwatched_cache_hits(GLOBAL_REPORT)
     return GLOBAL_REPORT
 
 
 def reset_report() -> None:
-    """Forget what the global report holds."""
+    """Forget what the global report holds (cache hits not yet reported too)."""
+    report_unwatched_cache_hits(FusionReport())
     GLOBAL_REPORT.clear()
 
 

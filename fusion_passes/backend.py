@@ -11,7 +11,7 @@ import torch
 
 from fusion_passes.compat import compile_fx, inductor_config, inductor_config_patches
 from fusion_passes.config import OPTIONS_KEY, FusionConfig
-from fusion_passes.pass_manager import FusionPassManager
+from fusion_passes.pass_manager import FusionPassManager, as_pass_list
 from fusion_passes.report import GLOBAL_REPORT, reporting_cache_hits
 
 HOOK = "post_grad_custom_post_pass"
@@ -40,7 +40,8 @@ def fusion_passes_backend(
     config = FusionConfig.from_value(inductor_options.pop(OPTIONS_KEY, None))
     # Inductor's own wrapper validates option names and expands mode= into config patches.
     patches = {**launch_patches(), **inductor_config_patches(mode, inductor_options)}
-    patches[HOOK] = FusionPassManager(config, chained=patches.get(HOOK, getattr(inductor_config, HOOK)))
+    chained = passes_besides_ours(config, patches.get(HOOK, getattr(inductor_config, HOOK)), "backend='fusion_passes'")
+    patches[HOOK] = FusionPassManager(config, chained=chained)
     if not patches.get("use_post_grad_passes", getattr(inductor_config, "use_post_grad_passes", True)):
         warnings.warn(
             f"fusion_passes: Inductor's post-grad passes are off in this compile (mode={mode!r} or "
@@ -71,15 +72,38 @@ def backend_with(settings: FusionConfig | Mapping[str, Any] | None = None) -> Ca
     return backend
 
 
+def passes_besides_ours(config: FusionConfig, hook: Any, where: str) -> tuple[Any, ...]:
+    """The passes in Inductor's ``hook`` value to chain before ours, with our own pass (installed by an
+    enclosing ``enabled()`` or ``inductor_options()``) left out, so that the passes run once.
+
+    Our pass installed with other settings is an error: which settings apply would be a guess.
+    """
+    chained = []
+    for graph_pass in as_pass_list(hook):
+        if not isinstance(graph_pass, FusionPassManager):
+            chained.append(graph_pass)
+            continue
+        if graph_pass.config != config:
+            raise ValueError(
+                f"{where}: fusion_passes is already installed in torch._inductor.config.{HOOK} (by "
+                f"fusion_passes.enabled() or inductor_options()) with {graph_pass.config!r}, and would run twice; "
+                f"expected it installed once, or with the same settings, got {config!r} here"
+            )
+        chained.extend(graph_pass.chained)
+    return tuple(chained)
+
+
 def inductor_options(config: FusionConfig | Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Options for the stock backend: ``torch.compile(m, options=fusion_passes.inductor_options())``."""
-    manager = FusionPassManager(FusionConfig.from_value(config), chained=getattr(inductor_config, HOOK))
-    return {**launch_patches(), HOOK: manager}
+    config = FusionConfig.from_value(config)
+    chained = passes_besides_ours(config, getattr(inductor_config, HOOK), "inductor_options()")
+    return {**launch_patches(), HOOK: FusionPassManager(config, chained=chained)}
 
 
 @contextlib.contextmanager
 def enabled(config: FusionConfig | Mapping[str, Any] | None = None) -> Iterator[FusionPassManager]:
     """Install the passes in Inductor's global config for graphs compiled (or loaded from its cache) inside the ``with``."""
-    manager = FusionPassManager(FusionConfig.from_value(config), chained=getattr(inductor_config, HOOK))
+    config = FusionConfig.from_value(config)
+    manager = FusionPassManager(config, chained=passes_besides_ours(config, getattr(inductor_config, HOOK), "enabled()"))
     with inductor_config.patch({**launch_patches(), HOOK: manager}), reporting_cache_hits(manager.report):
         yield manager

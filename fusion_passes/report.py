@@ -143,6 +143,13 @@ def written_expression(node: torch.fx.Node) -> str | None:
     return calls[0] if calls else None
 
 
+def kernel_op_name(node: torch.fx.Node) -> str:
+    """The ATen op ``node`` comes from, before decompositions: the name Inductor gives its kernels by."""
+    original = node.meta.get("original_aten")
+    packet = getattr(original, "_overloadpacket", None)
+    return packet.__name__ if packet is not None else _op_name(node)
+
+
 def describe_value(value: Any) -> str:
     """``value`` as the user wrote it: ``\\`2 + scale[:, None]\\` at model.py:42``, an input, or a number."""
     if not isinstance(value, torch.fx.Node):
@@ -264,6 +271,9 @@ class NearMiss:
     reason: str
     module: str | None = None
     called_from: str | None = None
+    # The ATen ops the chain computes, named as Inductor names its kernels (the op before
+    # decompositions), so that the radar can tie a profiled kernel back to the chain.
+    ops: tuple[str, ...] = dataclasses.field(default=(), repr=False)
     # Names of the graph nodes the candidate chain covers (to tell one chain's near misses apart).
     chain: frozenset[str] = dataclasses.field(default=frozenset(), compare=False, repr=False)
 
@@ -297,9 +307,11 @@ class GraphReport:
         self, fusion: str, pattern: str | None, node: torch.fx.Node, reason: str, chain: Iterable[torch.fx.Node] = ()
     ) -> None:
         """Record that the chain at ``node`` (covering the ``chain`` nodes) was left unfused for ``reason``."""
-        names = frozenset(member.name for member in chain) | {node.name}
+        members = {node, *chain}
+        names = frozenset(member.name for member in members)
+        ops = tuple(sorted({kernel_op_name(member) for member in members if member.op == "call_function"}))
         self.near_misses.append(
-            NearMiss(fusion, pattern, node.name, reason=in_user_terms(reason), chain=names, **location(node))
+            NearMiss(fusion, pattern, node.name, reason=in_user_terms(reason), ops=ops, chain=names, **location(node))
         )
 
     def forget_near_misses_outside(self, graph: torch.fx.Graph) -> None:
@@ -347,7 +359,7 @@ class GraphReport:
         return cls(
             graph_id=graph_id,
             fused=[FusionRecord(**fields) for fields in records["fused"]],
-            near_misses=[NearMiss(**fields) for fields in records["near_misses"]],
+            near_misses=[NearMiss(**{**fields, "ops": tuple(fields.get("ops", ()))}) for fields in records["near_misses"]],
             cache_hit=True,
         )
 
@@ -426,19 +438,41 @@ def _cache_counts() -> collections.Counter[str]:
     )
 
 
-@contextlib.contextmanager
-def reporting_cache_hits(report: FusionReport) -> Iterator[None]:
-    """Add to ``report`` a graph for each FX-graph-cache hit inside the block, with its first compile's records."""
-    before, accounted_before = _cache_counts(), _ACCOUNTED.copy()
-    yield
+def _report_new_records(
+    report: FusionReport, before: collections.Counter[str], accounted_before: collections.Counter[str]
+) -> tuple[int, int]:
+    # Adds a cache-hit graph for each records key counted since ``before`` that no pass or window
+    # accounted for; returns the cache hits counted since, and the graphs added.
     new = _cache_counts() - before - (_ACCOUNTED - accounted_before)
     hits = new.pop(_HITS, 0)
     for key, times in new.items():
         for _ in range(times):
             report.add(GraphReport.from_records_json(key[len(_RECORDS_KEY):], report.next_graph_id()))
         _ACCOUNTED[key] += times
+    return hits, new.total()
+
+
+# Where the last look for cache hits outside every window (options=inductor_options()) left off.
+_LAST_LOOK = [collections.Counter(), collections.Counter()]
+
+
+def report_unwatched_cache_hits(report: FusionReport) -> None:
+    """Add to ``report`` the cache hits since the last call that no window watched (a compile with
+    ``options=inductor_options()``, which has no hook around it): their compile id is unknown (``?``)."""
+    before, accounted_before = _LAST_LOOK
+    before[_HITS] = _cache_counts()[_HITS]  # a hit without records may be any compile's: not ours to report
+    _report_new_records(report, before, accounted_before)
+    _LAST_LOOK[:] = [_cache_counts(), _ACCOUNTED.copy()]
+
+
+@contextlib.contextmanager
+def reporting_cache_hits(report: FusionReport) -> Iterator[None]:
+    """Add to ``report`` a graph for each FX-graph-cache hit inside the block, with its first compile's records."""
+    before, accounted_before = _cache_counts(), _ACCOUNTED.copy()
+    yield
+    hits, recorded = _report_new_records(report, before, accounted_before)
     # A torch that does not restore a compile's counters on a hit: say what is not known, and how to see it.
-    for _ in range(hits - new.total()):
+    for _ in range(hits - recorded):
         graph = GraphReport(graph_id=report.next_graph_id(), cache_hit=True, recorded=False)
         report.add(graph)
         logger.warning("%s; compile with torch._inductor.config.fx_graph_cache = False to see it", graph.summary())

@@ -70,6 +70,19 @@ def test_report_is_logged(caplog):
     assert "1 fused, 0 near misses" in caplog.text
 
 
+def test_torch_logs_turns_on_the_fusion_passes_logger(tmp_path):
+    # torch's TORCH_LOGS takes any importable module's name: no registration needed.
+    code = (
+        "import logging, torch, fusion_passes\n"
+        "fusion_passes.report().add(fusion_passes.GraphReport('0/0'))\n"
+        "logging.getLogger('fusion_passes.radar').debug('a debug line')\n"
+    )
+    # "+": DEBUG and up (the summary is logged at INFO); one run, a fresh interpreter imports torch slowly.
+    env = {**os.environ, "TORCH_LOGS": "+fusion_passes"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert "graph 0/0: 0 fused, 0 near misses" in result.stderr and "a debug line" in result.stderr, result.stderr
+
+
 def test_mode_and_inductor_options_pass_through():
     torch.compile(
         chain,
@@ -194,6 +207,35 @@ def test_stock_backend_context_manager_chains_and_restores():
             torch.compile(chain)(*inputs())
         assert torch._inductor.config.post_grad_custom_post_pass is user_pass
     assert user_pass.calls == 1
+    assert fusion_passes.report().counts() == {"adaln": 1}
+
+
+def test_the_backend_inside_enabled_runs_the_passes_once():
+    user_pass = CountingPass()
+    with torch._inductor.config.patch(post_grad_custom_post_pass=user_pass), fusion_passes.enabled(CPU_OPTIONS["fusion_passes"]):
+        torch.compile(chain, backend="fusion_passes", options=CPU_OPTIONS)(*inputs())
+        with fusion_passes.enabled(CPU_OPTIONS["fusion_passes"]):  # nested: still once
+            torch._dynamo.reset()
+            torch.compile(chain)(*inputs())
+    assert [graph.counts() for graph in fusion_passes.report().graphs] == [{"adaln": 1}, {"adaln": 1}]
+    assert user_pass.calls == 2  # the user's own pass, still chained, once per graph
+
+
+def test_our_passes_installed_twice_with_other_settings_is_an_error():
+    expected = r"backend='fusion_passes': fusion_passes is already installed .* with FusionConfig\(fusions=None, devices=\('cpu',\)"
+    with fusion_passes.enabled(CPU_OPTIONS["fusion_passes"]):
+        with pytest.raises(torch._dynamo.exc.BackendCompilerFailed, match=expected):
+            torch.compile(chain, backend="fusion_passes")(*inputs())
+        with pytest.raises(ValueError, match=r"inductor_options\(\): fusion_passes is already installed"):
+            fusion_passes.inductor_options({"fusions": ["rope"]})
+
+
+def test_mode_goes_with_our_settings_inside_enabled():
+    # The other documented way to give a mode and our settings: enabled() around the stock backend.
+    probe = ConfigProbe()
+    with torch._inductor.config.patch(post_grad_custom_post_pass=probe), fusion_passes.enabled({"devices": ["cpu"]}):
+        torch.compile(chain, mode="max-autotune-no-cudagraphs")(*inputs())
+    assert probe.max_autotune == [True]
     assert fusion_passes.report().counts() == {"adaln": 1}
 
 

@@ -152,11 +152,13 @@ def compile_twice(compile_fn, tmp_path, monkeypatch):
         assert counters["inductor"]["fxgraph_cache_hit"] == hits + 1
 
 
-@pytest.mark.parametrize("route", ["backend", "enabled"])
+@pytest.mark.parametrize("route", ["backend", "enabled", "inductor_options"])
 def test_a_cache_hit_reports_what_its_compile_fused(route, tmp_path, monkeypatch):
     def compile_fn():
         if route == "backend":
             return torch.compile(modulated, backend="fusion_passes", options=CPU_OPTIONS)
+        if route == "inductor_options":  # no hook around the compile: reported when the report is read
+            return torch.compile(modulated, options=fusion_passes.inductor_options(CPU_OPTIONS["fusion_passes"]))
         return lambda *args: torch.compile(modulated)(*args)
 
     if route == "enabled":
