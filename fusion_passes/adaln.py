@@ -65,7 +65,9 @@ aten = torch.ops.aten
 # small kernels a rewrite leaves, such as an fp32 cast of the modulation, cost more than the
 # fusion saves). When an ``adaln`` chain's x comes from a pointwise op used only there (a residual
 # add), Inductor fuses that op into its own norm kernel; replacing the norm splits it off,
-# measured 0.74-0.91x on an H100 at every size: left to Inductor. A residual sum with a per-row
+# measured 0.74-0.91x on an H100 at every size: left to Inductor. The same holds for a cat (FLUX's
+# single block normalizes cat([text, image]), which Inductor reads in its norm kernel; fused, the
+# cat is stored and read once more). A residual sum with a per-row
 # modulation choice (select01) fused whole measured 1.00x: left to Inductor as well. So is an
 # LLM's residual add and RMSNorm with its weight alone (no modulation): 0.95-0.98x of Inductor
 # alone on an H200.
@@ -668,8 +670,9 @@ class AdalnFamily(PatternFamily):
                 f"hidden size {x.shape[-1]} is outside {MIN_CUDA_HIDDEN}..{MAX_CUDA_HIDDEN}, "
                 "where the fused op was measured faster on CUDA"
             )
-        if plan.residual is None and is_pointwise(plan.x):
-            return "x comes from a pointwise op that Inductor fuses into its own norm; splitting it off was measured slower on CUDA"
+        if plan.residual is None and (is_pointwise(plan.x) or getattr(plan.x, "target", None) is aten.cat.default):
+            producer = "a cat" if plan.x.target is aten.cat.default else "a pointwise op"
+            return f"x comes from {producer} that Inductor fuses into its own norm; splitting it off was measured slower on CUDA"
         if plan.select is not None and plan.residual is not None:
             return "a residual sum with a per-row modulation choice (select01) was not measured faster than Inductor on CUDA"
         if plan.multiplied_by_weight:

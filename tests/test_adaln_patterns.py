@@ -1233,6 +1233,7 @@ def fake_cuda(*shape):
         ((1, 64, 3072), None, "x has 196608 elements, below the measured CUDA break-even 1048576"),
         ((1, 4096, 3072), torch.ops.aten.add.Tensor, "x comes from a pointwise op"),
         ((1, 32760, 1536), torch.ops.aten.add.Tensor, "x comes from a pointwise op"),
+        ((1, 4608, 3072), torch.ops.aten.cat.default, "x comes from a cat that Inductor fuses into its own norm"),
         ((1, 4096, 3072), None, None),
         ((1, 4096, 3072), torch.ops.aten.mm.default, None),
     ],

@@ -86,6 +86,14 @@ KNOWN_GAPS: list[tuple[str, Callable[[Program, Chain], bool]]] = [
         lambda program, chain: chain.family == "residual_adaln" and "rms_llama" in chain.norms
         and chain.tolerance_dtype in (BF16, FP16),
     ),
+    # F.rms_norm over all heads without a weight, before the head split: the RoPE family's norm
+    # patterns do not match it (the matcher reports "multiple_users" on the weightless form), so the
+    # rotation fuses alone and nothing says why the norm stayed out (CI seed 6).
+    (
+        "an RMSNorm without weight over all heads before a RoPE is neither absorbed nor reported",
+        lambda program, chain: chain.family == "rope" and "norm=across heads" in chain.label
+        and any("F.rms_norm(" in line and ", None, " in line for line in chain.body),
+    ),
 ]
 
 
@@ -428,9 +436,10 @@ def _single_fp32_adaln(program: Program) -> bool:
 
 
 def _claimed_program() -> Program:
-    # A program of two or more chains, every one claimed by a fusion.
+    # A program of two or more chains, every one claimed by a fusion and none a known gap.
     programs = map(generate_program, range(200))
-    return next(p for p in programs if len(p.chains) > 1 and all(chain.expected for chain in p.chains))
+    return next(p for p in programs if len(p.chains) > 1 and all(
+        chain.expected and not any(applies(p, chain) for _, applies in KNOWN_GAPS) for chain in p.chains))
 
 
 def _report_of(*entries: FusionRecord | NearMiss) -> FusionReport:
