@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from chain_bench import relative_error
 from timing import back_to_back_ms, cuda_graph_ms
 
 import fusion_passes
@@ -72,11 +73,6 @@ class Row:
     def speedup_calls(self) -> float:
         """Inductor alone / fused, back-to-back calls without CUDA graphs."""
         return self.inductor_calls_ms / self.fused_calls_ms
-
-
-def relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
-    """Relative error in fp64."""
-    return ((out.double() - reference.double()).norm() / reference.double().norm()).item()
 
 
 def compile_with_dynamic_tokens(backend: str, device: str) -> torch.nn.Module:
