@@ -11,12 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from graph_capture import Capture, capture
-from helpers import KERNEL_TOLERANCE, relative_error
+from helpers import KERNEL_TOLERANCE, fused_patterns, near_miss_reasons, randn, relative_error
 
 import fusion_passes
 from fusion_passes import linear_gelu
 from fusion_passes.kernels import linear_gelu as linear_gelu_kernels
 
+FAMILY = "linear_gelu"
 B, L, K, N = 2, 4, 16, 32
 BF16 = torch.bfloat16
 
@@ -55,21 +56,6 @@ def diffusers_gelu() -> torch.nn.Module:
     return GELU(K, N, approximate="tanh")
 
 
-def randn(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Fresh random values."""
-    return torch.randn(*shape, dtype=dtype)
-
-
-def records(result: Capture) -> list[str]:
-    """The pattern names of the linear_gelu fusions in a capture."""
-    return [record.pattern for record in result.report.fused if record.fusion == "linear_gelu"]
-
-
-def near_misses(result: Capture) -> list[str]:
-    """The reasons of the linear_gelu near misses in a capture."""
-    return [miss.reason for miss in result.report.near_misses if miss.fusion == "linear_gelu"]
-
-
 def assert_matches_fp64(result: Capture, fn: Callable[..., Any], args: Sequence[Any], dtype: torch.dtype) -> None:
     """The shared fp64 comparison, and the output in the Linear's dtype."""
     assert result.output.dtype == dtype
@@ -89,14 +75,7 @@ class GraphDiffTest(helpers.GraphDiffTest):
 
     def fused(self, result: Capture) -> list[str]:
         """The linear_gelu fusions' patterns."""
-        return records(result)
-
-    def check(self, fn: Callable[..., Any], args: Sequence[Any], dtype: torch.dtype, expected: Any) -> Capture:
-        """The shared check, from a fixed seed, and the output's dtype."""
-        torch.manual_seed(0)
-        result = super().check(fn, args, dtype, expected)
-        assert result.output.dtype == dtype
-        return result
+        return fused_patterns(result, FAMILY)
 
     def test_functional_fp32_with_bias(self) -> None:
         """2-D fp32: the addmm and the decomposed tanh-GELU become one op; the weight's transpose is its mat2."""
@@ -132,7 +111,7 @@ class <lambda>(torch.nn.Module):
         module = LinearThenGELU(bias=False).to(BF16).eval()
         x = randn(B, L, K, dtype=BF16)
         result, expected = module_capture(module, x)
-        self.assertEqual(records(result), ["mm 3-D -> gelu[tanh]/fp32->cast"])
+        self.assertEqual(fused_patterns(result, FAMILY), ["mm 3-D -> gelu[tanh]/fp32->cast"])
         self.assertLess(relative_error(result.output, expected), KERNEL_TOLERANCE[BF16])
         self.assertExpectedInline(result.before, """\
 class <lambda>(torch.nn.Module):
@@ -170,7 +149,7 @@ class <lambda>(torch.nn.Module):
         module = diffusers_gelu().half().eval()
         x = randn(B, L, K, dtype=torch.float16)
         result, expected = module_capture(module, x)
-        self.assertEqual(records(result), ["addmm 3-D -> gelu[tanh]/fp32->cast"])
+        self.assertEqual(fused_patterns(result, FAMILY), ["addmm 3-D -> gelu[tanh]/fp32->cast"])
         self.assertLess(relative_error(result.output, expected), KERNEL_TOLERANCE[torch.float16])
         self.assertExpectedInline(result.after, """\
 class <lambda>(torch.nn.Module):
@@ -232,7 +211,7 @@ def test_every_spelling_and_dtype_fuses(spelling: str, rank: int, dtype: torch.d
     x = randn(B, L, K, dtype=dtype) if rank == 3 else randn(B * L, K, dtype=dtype)
     args = [x, randn(N, K, dtype=dtype), randn(N, dtype=dtype)]
     result = capture(fn, *args)
-    assert len(records(result)) == 1, result.report.summary()
+    assert len(fused_patterns(result, FAMILY)) == 1, result.report.summary()
     assert_matches_fp64(result, fn, args, dtype)
 
 
@@ -331,8 +310,8 @@ def test_near_miss_does_not_fuse(fn: Callable[..., Any], dtype: torch.dtype, rea
     args = [randn(B, L, K, dtype=dtype) if fn is gelu_of_transposed_linear else randn(8, K, dtype=dtype),
             randn(N, K, dtype=dtype), randn(N, dtype=dtype)]
     result = capture(fn, *args)
-    assert records(result) == []
-    reasons = near_misses(result)
+    assert fused_patterns(result, FAMILY) == []
+    reasons = near_miss_reasons(result, FAMILY)
     assert len(reasons) == 1 and reason in reasons[0], reasons
     torch.testing.assert_close(result.output, fn(*args), rtol=1e-5, atol=1e-5)
 
@@ -341,8 +320,8 @@ def test_training_graph_is_a_reported_near_miss() -> None:
     """With grad, the pre-GELU activation is saved for backward: no fusion, and a near miss says why."""
     torch.manual_seed(0)
     result = capture(LinearThenGELU(bias=True), randn(8, K))
-    assert records(result) == []
-    (reason,) = near_misses(result)
+    assert fused_patterns(result, FAMILY) == []
+    (reason,) = near_miss_reasons(result, FAMILY)
     assert "is saved for backward (a training graph)" in reason and "torch.no_grad()" in reason, reason
 
 
@@ -353,7 +332,7 @@ def test_other_gelus_and_tanhs_are_not_candidates() -> None:
         return F.gelu(x * 2, approximate="tanh"), torch.tanh(F.linear(x, weight))
 
     result = capture(fn, randn(8, K), randn(N, K))
-    assert records(result) == [] and near_misses(result) == [], result.report.summary()
+    assert fused_patterns(result, FAMILY) == [] and near_miss_reasons(result, FAMILY) == [], result.report.summary()
 
 
 # --- The op and the CUDA rule ----------------------------------------------------------------------
