@@ -9,6 +9,7 @@ from __future__ import annotations
 from fusion_passes.adaln import ADALN, RESIDUAL_ADALN
 from fusion_passes.conv1d import CAUSAL_CONV1D
 from fusion_passes.family import FusionFamily
+from fusion_passes.linear_gelu import LINEAR_GELU
 from fusion_passes.rope import ROPE
 
 # The order matters where two families can take parts of one chain:
@@ -17,7 +18,8 @@ from fusion_passes.rope import ROPE
 # - rope after the AdaLN families: it reads the graph they leave; an RMSNorm they take (modulated,
 #   or normalizing a residual sum used later) is fused there, and rope absorbs the norms left.
 # - causal_conv1d takes no op the others take: its place in the list changes nothing.
-FAMILIES: tuple[FusionFamily, ...] = (RESIDUAL_ADALN, ADALN, CAUSAL_CONV1D, ROPE)
+# - linear_gelu last: no other family reads a Linear's GEMM.
+FAMILIES: tuple[FusionFamily, ...] = (RESIDUAL_ADALN, ADALN, CAUSAL_CONV1D, ROPE, LINEAR_GELU)
 
 
 def families() -> dict[str, FusionFamily]:

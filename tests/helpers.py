@@ -58,3 +58,18 @@ class GraphDiffTest(TestCase):
         self.assertEqual(self.fused(result), expected)
         assert_matches_fp64(result, fn, args, dtype)
         return result
+
+
+def randn(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Fresh random values (never zeros: they hide unwritten outputs)."""
+    return torch.randn(*shape, dtype=dtype)
+
+
+def fused_patterns(result: Capture, family: str) -> list[str]:
+    """The pattern names of ``family``'s fusions in a capture."""
+    return [record.pattern for record in result.report.fused if record.fusion == family]
+
+
+def near_miss_reasons(result: Capture, family: str) -> list[str]:
+    """The reasons of ``family``'s near misses in a capture."""
+    return [miss.reason for miss in result.report.near_misses if miss.fusion == family]

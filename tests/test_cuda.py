@@ -13,6 +13,7 @@ from test_adaln_patterns import (
     select01_residual,
 )
 from test_conv1d_patterns import transformers_causal_conv1d
+from test_linear_gelu_patterns import functional_gelu
 from test_rope_rules import complex_rope, joint_normed_rope, normed_rope
 from tiny_models import MODELS
 from torch._inductor.utils import run_and_get_code
@@ -96,6 +97,36 @@ def test_sizes_where_inductor_wins_stay_with_inductor(tokens, hidden, reason):
     report = fusion_passes.report()
     assert report.counts() == {}
     assert reason in report.near_misses[0].reason
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_gelu_calls_the_cublaslt_epilogue_with_parity(dtype):
+    """On CUDA (where Inductor unfuses an addmm feeding pointwise ops into mm and a bias add) the chain fuses, and
+    the compiled code calls aten._addmm_activation directly (no custom-op dispatch)."""
+    args = [cuda_randn(2, 77, 1536, dtype=dtype), cuda_randn(6144, 1536, dtype=dtype), cuda_randn(6144, dtype=dtype)]
+    _, code = run_and_get_code(torch.compile(functional_gelu, backend="fusion_passes", options=ANY_SIZE), *args)
+    assert fusion_passes.report().counts() == {"linear_gelu": 1}, fusion_passes.report().summary()
+    assert "_addmm_activation" in "".join(code) and "fusion_passes.linear_gelu" not in "".join(code)
+    torch._dynamo.reset()
+    fusion_passes.reset_report()
+    compare_with_inductor(functional_gelu, args, {"linear_gelu": 1})
+
+
+@pytest.mark.parametrize(
+    ("tokens", "options", "reason"),
+    [
+        (154, {}, "the Linear has 154 rows (tokens)"),
+        # ATen GEMMs only: the rule reads the option, the test need not compile Triton templates.
+        (4096, {"max_autotune_gemm": True, "max_autotune_gemm_backends": "ATEN"}, "max-autotune is on"),
+    ],
+)
+def test_linear_gelu_left_to_inductor_where_not_measured_faster(tokens, options, reason):
+    args = [cuda_randn(1, tokens, 1536, dtype=torch.bfloat16), cuda_randn(6144, 1536, dtype=torch.bfloat16), None]
+    with torch._inductor.config.patch(options):
+        torch.compile(functional_gelu, backend="fusion_passes")(*args)
+    report = fusion_passes.report()
+    assert report.counts() == {}
+    assert reason in report.near_misses[0].reason, report.summary()
 
 
 @pytest.mark.parametrize("name", list(MODELS))

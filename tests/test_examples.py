@@ -30,14 +30,16 @@ TINY = ["--size", "tiny", "--dtype", "float32"]
 # (residual_adaln), and each self-attention's q and k fuse with their RMSNorm (rope). The whole
 # models add their output norm (adaln), and HunyuanVideo's text stream enters from the token
 # refiner's residual sum. Qwen-Image's block drops its last text-stream norm (the model returns the
-# image stream only). Qwen3-Next: see the model tests.
+# image stream only), and so does its text FeedForward; each other FeedForward (and FLUX's and
+# HunyuanVideo's single-block MLP) fuses its Linear + tanh-GELU (linear_gelu), as does Wan's text
+# embedder in the whole model. Qwen3-Next: see the model tests.
 EXAMPLES = {
-    "compile_flux": ([], {"residual_adaln": 2, "adaln": 4, "rope": 4}),
-    "pipeline_flux": ([], {"residual_adaln": 2, "adaln": 3, "rope": 4}),
-    "compile_qwen_image --edit": (["--edit"], {"residual_adaln": 1, "adaln": 3, "rope": 2}),
-    "compile_wan": ([], {"residual_adaln": 1, "adaln": 2, "rope": 2}),
-    "pipeline_wan": ([], {"residual_adaln": 1, "adaln": 1, "rope": 2}),
-    "compile_hunyuan_video": ([], {"residual_adaln": 3, "adaln": 3, "rope": 4}),
+    "compile_flux": ([], {"residual_adaln": 2, "adaln": 4, "rope": 4, "linear_gelu": 3}),
+    "pipeline_flux": ([], {"residual_adaln": 2, "adaln": 3, "rope": 4, "linear_gelu": 3}),
+    "compile_qwen_image --edit": (["--edit"], {"residual_adaln": 1, "adaln": 3, "rope": 2, "linear_gelu": 1}),
+    "compile_wan": ([], {"residual_adaln": 1, "adaln": 2, "rope": 2, "linear_gelu": 2}),
+    "pipeline_wan": ([], {"residual_adaln": 1, "adaln": 1, "rope": 2, "linear_gelu": 1}),
+    "compile_hunyuan_video": ([], {"residual_adaln": 3, "adaln": 3, "rope": 4, "linear_gelu": 3}),
     "compile_qwen3_next": ([], {"causal_conv1d": 1, "adaln": 4, "residual_adaln": 3, "rope": 2}),
 }
 

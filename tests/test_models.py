@@ -59,26 +59,36 @@ def kinds(graph: fusion_passes.GraphReport) -> dict[str, int]:
 # - Wan: RMSNorm over all heads before the head split, slice-assignment rotation.
 # - HunyuanVideo: double blocks rotate the image stream and cat the normalized text unrotated;
 #   single blocks rotate the image prefix of one normalized sequence (two streams each).
+#
+# Linear + tanh-GELU (linear_gelu): each block's FeedForward ("gelu-approximate") and each single
+# block's proj_mlp + act_mlp fuse:
+# - FLUX: 2 per double block (image and text streams), 1 per single block.
+# - Qwen-Image: 2 per block, less the last block's text FeedForward (dead code, as its norm2).
+# - Wan: 1 per block, plus the text embedder's Linear + GELU (PixArtAlphaTextProjection, "gelu_tanh").
+# - HunyuanVideo: as FLUX (the token refiner's FeedForwards use SiLU).
 WHOLE = {
-    "flux": {"adaln": 5, "residual_adaln": 6, "norm+rope": 8},
-    "qwen_image": {"adaln": 4, "residual_adaln": 4, "norm+rope": 4},
-    "qwen_image_edit": {"adaln": 4, "residual_adaln": 4, "select01": 4, "norm+rope": 4},
-    "wan": {"adaln": 2, "residual_adaln": 3, "norm+rope": 4},
-    "wan_per_token": {"adaln": 2, "residual_adaln": 3, "norm+rope": 4},
-    "hunyuan_video": {"adaln": 4, "residual_adaln": 7, "norm+rope": 8},
+    "flux": {"adaln": 5, "residual_adaln": 6, "norm+rope": 8, "linear_gelu": 6},
+    "qwen_image": {"adaln": 4, "residual_adaln": 4, "norm+rope": 4, "linear_gelu": 3},
+    "qwen_image_edit": {"adaln": 4, "residual_adaln": 4, "select01": 4, "norm+rope": 4, "linear_gelu": 3},
+    "wan": {"adaln": 2, "residual_adaln": 3, "norm+rope": 4, "linear_gelu": 3},
+    "wan_per_token": {"adaln": 2, "residual_adaln": 3, "norm+rope": 4, "linear_gelu": 3},
+    "hunyuan_video": {"adaln": 4, "residual_adaln": 7, "norm+rope": 8, "linear_gelu": 6},
 }
 
 # Each repeated block compiled alone: its input is a graph input, so each block's first norms are
 # adaln and the norms after its attention residual residual_adaln; the rotations (RoPE tables now graph inputs)
-# fuse as in the whole model. One entry per block class (HunyuanVideo's
-# token refiner blocks have no modulated norm).
+# and the Linear + GELUs fuse as in the whole model (a Qwen-Image block alone returns its text
+# stream, so both of its FeedForwards fuse; Wan's text embedder is outside the blocks). One entry
+# per block class (HunyuanVideo's token refiner blocks have no modulated norm).
 BLOCKS = {
-    "flux": [{"adaln": 2, "residual_adaln": 2, "norm+rope": 2}, {"adaln": 1, "norm+rope": 2}],
-    "qwen_image": [{"adaln": 2, "residual_adaln": 2, "norm+rope": 2}],
-    "qwen_image_edit": [{"adaln": 2, "residual_adaln": 2, "select01": 2, "norm+rope": 2}],
-    "wan": [{"adaln": 1, "residual_adaln": 1, "norm+rope": 2}],
-    "wan_per_token": [{"adaln": 1, "residual_adaln": 1, "norm+rope": 2}],
-    "hunyuan_video": [{"adaln": 2, "residual_adaln": 2, "norm+rope": 2}, {"adaln": 1, "norm+rope": 2}, {}],
+    "flux": [{"adaln": 2, "residual_adaln": 2, "norm+rope": 2, "linear_gelu": 2}, {"adaln": 1, "norm+rope": 2, "linear_gelu": 1}],
+    "qwen_image": [{"adaln": 2, "residual_adaln": 2, "norm+rope": 2, "linear_gelu": 2}],
+    "qwen_image_edit": [{"adaln": 2, "residual_adaln": 2, "select01": 2, "norm+rope": 2, "linear_gelu": 2}],
+    "wan": [{"adaln": 1, "residual_adaln": 1, "norm+rope": 2, "linear_gelu": 1}],
+    "wan_per_token": [{"adaln": 1, "residual_adaln": 1, "norm+rope": 2, "linear_gelu": 1}],
+    "hunyuan_video": [
+        {"adaln": 2, "residual_adaln": 2, "norm+rope": 2, "linear_gelu": 2}, {"adaln": 1, "norm+rope": 2, "linear_gelu": 1}, {}
+    ],
 }
 
 
