@@ -1,15 +1,16 @@
-"""AdaLN: a norm followed by modulation (SPEC.md F1, F2, F3), as three custom ops on one kernel.
+"""AdaLN: a norm followed by modulation, as three custom ops on one kernel.
 
-- ``fusion_passes::norm_modulate``: ``y = N(x) * (1 + scale) + shift`` (F1).
-- ``fusion_passes::residual_norm_modulate``: ``r = residual + gate * x; y = N(r) * (1 + scale) + shift``,
-  returning ``(y, r)`` (F2).
+- ``fusion_passes::norm_modulate`` (adaln): ``y = N(x) * (1 + scale) + shift``.
+- ``fusion_passes::residual_norm_modulate`` (residual_adaln): ``r = residual + gate * x;
+  y = N(r) * (1 + scale) + shift``, returning ``(y, r)``.
 - ``fusion_passes::norm_modulate_pair``: one norm, two modulations (SD3.5's dual AdaLN): one
   read of x, both outputs.
 
 ``N`` is LayerNorm or RMSNorm over the last dim with optional weight (and bias, LayerNorm only).
 Every modulation operand (gate, scale, shift) is a list of one tensor, or of two when ``select``
-is given (F3): a boolean per row (broadcast to ``x.shape[:-1] + (1,)``) choosing the first tensor
-where true, the second where false; each row loads only the chosen tensor's row. ``rounding``
+is given (a per-token modulation choice): a boolean per row (broadcast to ``x.shape[:-1] + (1,)``)
+choosing the first tensor where true, the second where false; each row loads only the chosen
+tensor's row. ``rounding``
 names where the unfused graph rounds the normalized value to the norm input's dtype ("none",
 "before_weight", "after_affine"); statistics and modulation are fp32, outputs rounded once at the
 store. The residual ``r`` is stored in ``residual_dtype`` and normalized as stored.
@@ -51,7 +52,7 @@ ROUNDINGS = ("none", "before_weight", "after_affine")
 
 @dataclasses.dataclass(frozen=True)
 class NormModulate:
-    """The operands and settings of one fused call; ``residual is None`` for F1."""
+    """The operands and settings of one fused call; ``residual is None`` but for residual_adaln."""
 
     x: torch.Tensor
     residual: torch.Tensor | None
@@ -67,7 +68,7 @@ class NormModulate:
     rounding: str
     residual_dtype: torch.dtype | None
     out_dtype: torch.dtype
-    # A second modulation of the same normalized value (F1 only): one read of x, two outputs.
+    # A second modulation of the same normalized value (without a residual): one read of x, two outputs.
     scale2: tuple[torch.Tensor, ...] = ()
     shift2: tuple[torch.Tensor, ...] = ()
     out_dtype2: torch.dtype | None = None
@@ -106,7 +107,7 @@ def _chosen(tensors: tuple[torch.Tensor, ...], select: torch.Tensor | None) -> t
 def reference(call: NormModulate) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pure-torch ``(y, second)`` with fp32 math (fp64 for fp64 inputs) and the graph's roundings.
 
-    ``second`` is the stored residual r (F2), the second modulation (a pair), or None.
+    ``second`` is the stored residual r (residual_adaln), the second modulation (a pair), or None.
     """
     work = torch.float64 if call.x.dtype == torch.float64 else torch.float32
     gate, scale, shift = (_chosen(tensors, call.select) for tensors in (call.gate, call.scale, call.shift))
@@ -423,11 +424,12 @@ def launch_config(hidden: int, modulation_rows: int) -> LaunchConfig:
     block_rows = max(1, min(16, 2048 // block_hidden))
     num_warps = min(max(block_hidden * block_rows // 1024, 1), 8)
     if modulation_rows <= MAX_HOISTED_ROWS:
-        # Plain F1: about 16 resident warps per multiprocessor loop over the rows, holding scale
+        # Plain adaln: about 16 resident warps per multiprocessor loop over the rows, holding scale
         # and shift in registers and pipelining the next rows' loads (fastest on H200).
         return LaunchConfig(block_rows, num_warps, num_stages=3, programs_per_sm=16 // num_warps)
-    # F2, F3 and pairs: holding 3 or 4 rows costs occupancy (F3 up to 1.5x slower); one program
-    # per block of rows reading the modulation rows from L2 is within 5% of the best swept config.
+    # Residual, per-token choice and pairs: holding 3 or 4 rows costs occupancy (a per-token choice
+    # up to 1.5x slower); one program per block of rows reading the modulation rows from L2 is
+    # within 5% of the best swept config.
     return LaunchConfig(block_rows, num_warps, num_stages=1, programs_per_sm=0, hoist=False)
 
 
@@ -480,7 +482,7 @@ def kernel_launch(
     """
     x = call.x
     hidden = static_size(x.shape[-1])
-    # The second output is r (F2) or the second modulation (pair), never both.
+    # The second output is r (residual_adaln) or the second modulation (pair), never both.
     out, second = out
     residual_out, out2 = (second, None) if call.residual is not None else (None, second)
     leading = collapse_leading_dims(x.shape)
@@ -569,7 +571,7 @@ def norm_modulate_triton(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run the one-pass kernel on ``call`` after checking it; returns ``(y, second)``.
 
-    ``second`` is r for F2, the second modulation for a pair, else None. ``out``, if given, is
+    ``second`` is r for residual_adaln, the second modulation for a pair, else None. ``out``, if given, is
     ``(y, second)`` to write into: contiguous, x's shape, the call's dtypes.
     """
     reason = _argument_error(call) or unsupported_reason(call)
@@ -655,7 +657,7 @@ def norm_modulate(
     rounding: str,
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
-    """F1: ``N(x) * (1 + scale) + shift`` (or ``* scale`` without ``scale_plus_one``)."""
+    """adaln: ``N(x) * (1 + scale) + shift`` (or ``* scale`` without ``scale_plus_one``)."""
     return _run(_single_call(x, weight, bias, scale, shift, select, eps, norm, scale_plus_one, rounding, out_dtype))[0]
 
 
@@ -680,7 +682,7 @@ def residual_norm_modulate(
     residual_dtype: torch.dtype,
     out_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """F2: ``r = residual + gate * x`` then F1 on ``r``; returns ``(y, r)``."""
+    """residual_adaln: ``r = residual + gate * x`` then adaln on ``r``; returns ``(y, r)``."""
     return _run(_residual_call(
         residual, x, gate, weight, bias, scale, shift, select, eps, norm, scale_plus_one, rounding, residual_dtype, out_dtype
     ))
@@ -706,7 +708,7 @@ def norm_modulate_pair(
     out_dtype: torch.dtype,
     out_dtype2: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """F1 twice on one norm: ``n = N(x)``; ``(n * (1 + scale) + shift, n * (1 + scale2) + shift2)``."""
+    """adaln twice on one norm: ``n = N(x)``; ``(n * (1 + scale) + shift, n * (1 + scale2) + shift2)``."""
     return _run(_pair_call(
         x, weight, bias, scale, shift, scale2, shift2, eps, norm, scale_plus_one, rounding, out_dtype, out_dtype2
     ))

@@ -1,4 +1,4 @@
-"""Causal depthwise conv1d with optional SiLU (SPEC.md F6): a dense op and a packed variable-length op.
+"""Causal depthwise conv1d with optional SiLU (causal_conv1d): a dense op and a packed variable-length op.
 
 Per channel ``c`` and token ``t`` of a sequence, with ``K`` taps:
 ``y[c, t] = act(bias[c] + sum_{j<K} w[c, j] * x[c, t - K + 1 + j])``, where positions before the
@@ -503,7 +503,7 @@ def causal_conv1d(
     conv_dtype: torch.dtype,
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
-    """F6 dense: x ``[B, C, L]``, weight ``[C, K]``; zeros before the first token; output in x's layout."""
+    """causal_conv1d, dense: x ``[B, C, L]``, weight ``[C, K]``; zeros before the first token; output in x's layout."""
     return _run(_dense_call(x, weight, bias, activation, conv_dtype, out_dtype))[0]
 
 
@@ -522,7 +522,7 @@ def causal_conv1d_varlen_op(
     activation: str,
     max_seqlen: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """F6 packed: x ``[C, T]``, offsets ``[S + 1]``; returns ``(out, final_states [S, C, K - 1])``."""
+    """causal_conv1d, packed: x ``[C, T]``, offsets ``[S + 1]``; returns ``(out, final_states [S, C, K - 1])``."""
     return _run(_packed_call(x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen))
 
 

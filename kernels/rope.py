@@ -1,4 +1,4 @@
-"""Rotary embedding (SPEC.md F5), optionally after a q/k RMSNorm (F4), as one custom op.
+"""Rotary embedding (rope), optionally after a q/k RMSNorm, as one custom op.
 
 ``fusion_passes::rope`` takes one or more *streams* ``xs`` (each ``[*lead, D]``, e.g. ``[B, L, H, D]``)
 and returns their concatenation along the lead dim ``cat_dim`` (the joint text + image sequence
@@ -407,7 +407,7 @@ class LaunchConfig:
 
 # Elements of x one program moves, and per warp. Swept on an H200 (docs/BENCHMARKS.md, bf16, D=128):
 # 8 heads in 2 warps at 24 heads (4 in 1 warp where 8 does not divide the heads, as at 12) are
-# within 4% of the best config at both SPEC shapes; one head per program is 3.4-4.3x slower. A
+# within 4% of the best config at both benchmarked shapes; one head per program is 3.4-4.3x slower. A
 # norm over all heads holds every head of a token, best with 1024 elements per warp.
 TARGET_PROGRAM_ELEMENTS = 1024
 ELEMENTS_PER_WARP = 512
@@ -587,7 +587,7 @@ def rope(
     cat_dim: int,
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
-    """F4/F5: per stream optional RMSNorm then rotary embedding; streams joined along ``cat_dim``."""
+    """rope: per stream optional RMSNorm then rotary embedding; streams joined along ``cat_dim``."""
     call = make_call(xs, weights, eps, cos, sin, cos_maps, sin_maps, norm, rounding, rotary_dim, interleaved, cat_dim, out_dtype)
     first = call.streams[0].x
     if first.device.type != "cuda" or unsupported_reason(call) is not None:
