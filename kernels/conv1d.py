@@ -38,6 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fusion_passes.compat import assert_async
 from fusion_passes.kernels.common import SUPPORTED_DTYPES, check_devices, device_error, kernel_or_reference, needs_dispatcher
 from fusion_passes.kernels.launch import DirectLaunch, KernelLaunch, NotEmittable, register_emitter, size_hint
 
@@ -551,11 +552,11 @@ def assert_offsets_async(cu_seqlens: torch.Tensor, total_tokens: int, max_seqlen
     device-side assert)."""
     offsets = cu_seqlens.to(torch.int64)
     lengths = offsets[1:] - offsets[:-1]
-    torch._assert_async(offsets[0] >= 0, "cu_seqlens: expected offsets >= 0")
-    torch._assert_async((lengths >= 0).all(), "cu_seqlens: expected offsets that never decrease")
-    torch._assert_async(offsets[-1] <= total_tokens, f"cu_seqlens: the last offset overruns x's {total_tokens} tokens")
+    assert_async(offsets[0] >= 0, "cu_seqlens: expected offsets >= 0")
+    assert_async((lengths >= 0).all(), "cu_seqlens: expected offsets that never decrease")
+    assert_async(offsets[-1] <= total_tokens, f"cu_seqlens: the last offset overruns x's {total_tokens} tokens")
     if max_seqlen is not None:
-        torch._assert_async((lengths <= max_seqlen).all(), f"cu_seqlens: a sequence is longer than max_seqlen {max_seqlen}")
+        assert_async((lengths <= max_seqlen).all(), f"cu_seqlens: a sequence is longer than max_seqlen {max_seqlen}")
 
 
 def causal_conv1d_varlen(

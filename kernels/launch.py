@@ -21,6 +21,9 @@ from typing import Any
 
 import torch
 
+from fusion_passes.compat import emit_triton_kernel
+from fusion_passes.compat import size_hint as compile_time_value
+
 
 @dataclasses.dataclass(frozen=True)
 class KernelLaunch:
@@ -37,8 +40,6 @@ class KernelLaunch:
 
     def emit(self) -> dict[str, torch.Tensor]:
         """Record the launch in the graph being traced; returns the written tensors by name."""
-        from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table, triton_kernel_wrapper_functional
-
         arguments = dict(self.arguments)
         # Compile options travel as the one config of an autotuner, as torch.compile passes them.
         options = tuple((name, arguments.pop(name)) for name in _COMPILE_OPTIONS if name in arguments)
@@ -48,9 +49,9 @@ class KernelLaunch:
         # passes only tensors and symbolic sizes (each launch argument costs host time per call).
         kernel = with_constexprs(
             self.kernel, frozenset(name for name, value in constants.items() if isinstance(value, int) or value is None))
-        return triton_kernel_wrapper_functional(
-            kernel_idx=kernel_side_table.add_kernel(_configured(kernel, options)),
-            constant_args_idx=kernel_side_table.add_constant_args(constants),
+        return emit_triton_kernel(
+            _configured(kernel, options),
+            constants,
             # Inductor's launcher takes three grid dims.
             grid=[tuple(self.grid) + (1,) * (3 - len(self.grid))],
             tma_descriptor_metadata={},
@@ -198,7 +199,7 @@ def size_hint(size: Any) -> int:
     """A size's value at compile time (its hint, for a symbolic size), without adding a guard."""
     if isinstance(size, int):
         return size
-    hint = size.node.hint
+    hint = compile_time_value(size)
     if hint is None:
         raise NotEmittable(f"size {size} is data-dependent")
     return hint
