@@ -38,7 +38,7 @@ from fusion_passes.kernels.common import (
     device_error,
     kernel_or_reference,
 )
-from fusion_passes.kernels.launch import KernelLaunch, NotEmittable, hinted, register_emitter, static_size
+from fusion_passes.kernels.launch import KernelLaunch, NotEmittable, fused_op, hinted, static_size
 
 # Widest row the kernel keeps in registers; wider rows fall back to the reference.
 MAX_HIDDEN = 16384
@@ -609,31 +609,8 @@ def _run(call: NormModulate) -> tuple[torch.Tensor, torch.Tensor | None]:
     return kernel_or_reference(call, call.x, _argument_error, unsupported_reason, reference, _launch)
 
 
-# Each op's arguments as a call; the op, its fake and its emitter all read them through these.
-
-
-def _single_call(x, weight, bias, scale, shift, select, eps, norm, scale_plus_one, rounding, out_dtype) -> NormModulate:
-    return NormModulate(
-        x, None, (), weight, bias, tuple(scale), tuple(shift), select, eps, norm, scale_plus_one, rounding, None, out_dtype
-    )
-
-
-def _residual_call(
-    residual, x, gate, weight, bias, scale, shift, select, eps, norm, scale_plus_one, rounding, residual_dtype, out_dtype
-) -> NormModulate:
-    return NormModulate(
-        x, residual, tuple(gate), weight, bias, tuple(scale), tuple(shift), select, eps, norm, scale_plus_one,
-        rounding, residual_dtype, out_dtype,
-    )
-
-
-def _pair_call(
-    x, weight, bias, scale, shift, scale2, shift2, eps, norm, scale_plus_one, rounding, out_dtype, out_dtype2
-) -> NormModulate:
-    return NormModulate(
-        x, None, (), weight, bias, tuple(scale), tuple(shift), None, eps, norm, scale_plus_one, rounding, None,
-        out_dtype, tuple(scale2), tuple(shift2), out_dtype2,
-    )
+# Each op is declared by the function making its arguments one call (its schema comes from the
+# signature); the op's body, fake and emitter all read the call.
 
 
 def _fake_outputs(call: NormModulate) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -643,76 +620,47 @@ def _fake_outputs(call: NormModulate) -> tuple[torch.Tensor, torch.Tensor | None
     return empty_outputs(call)
 
 
-@torch.library.custom_op("fusion_passes::norm_modulate", mutates_args=())
-def norm_modulate(
-    x: torch.Tensor,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    scale: Sequence[torch.Tensor],
-    shift: Sequence[torch.Tensor],
-    select: torch.Tensor | None,
-    eps: float,
-    norm: str,
-    scale_plus_one: bool,
-    rounding: str,
+def _single_call(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, scale: Sequence[torch.Tensor],
+    shift: Sequence[torch.Tensor], select: torch.Tensor | None, eps: float, norm: str, scale_plus_one: bool, rounding: str,
     out_dtype: torch.dtype,
-) -> torch.Tensor:
+) -> NormModulate:
     """adaln: ``N(x) * (1 + scale) + shift`` (or ``* scale`` without ``scale_plus_one``)."""
-    return _run(_single_call(x, weight, bias, scale, shift, select, eps, norm, scale_plus_one, rounding, out_dtype))[0]
+    return NormModulate(
+        x, None, (), weight, bias, tuple(scale), tuple(shift), select, eps, norm, scale_plus_one, rounding, None, out_dtype
+    )
 
 
-norm_modulate.register_fake(lambda *args, **kwargs: _fake_outputs(_single_call(*args, **kwargs))[0])
-register_emitter(norm_modulate._opoverload)(lambda *args, **kwargs: _emit(_single_call(*args, **kwargs))[0])
-
-
-@torch.library.custom_op("fusion_passes::residual_norm_modulate", mutates_args=())
-def residual_norm_modulate(
-    residual: torch.Tensor,
-    x: torch.Tensor,
-    gate: Sequence[torch.Tensor],
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    scale: Sequence[torch.Tensor],
-    shift: Sequence[torch.Tensor],
-    select: torch.Tensor | None,
-    eps: float,
-    norm: str,
-    scale_plus_one: bool,
-    rounding: str,
-    residual_dtype: torch.dtype,
-    out_dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _residual_call(
+    residual: torch.Tensor, x: torch.Tensor, gate: Sequence[torch.Tensor], weight: torch.Tensor | None,
+    bias: torch.Tensor | None, scale: Sequence[torch.Tensor], shift: Sequence[torch.Tensor], select: torch.Tensor | None,
+    eps: float, norm: str, scale_plus_one: bool, rounding: str, residual_dtype: torch.dtype, out_dtype: torch.dtype,
+) -> NormModulate:
     """residual_adaln: ``r = residual + gate * x`` then adaln on ``r``; returns ``(y, r)``."""
-    return _run(_residual_call(
-        residual, x, gate, weight, bias, scale, shift, select, eps, norm, scale_plus_one, rounding, residual_dtype, out_dtype
-    ))
+    return NormModulate(
+        x, residual, tuple(gate), weight, bias, tuple(scale), tuple(shift), select, eps, norm, scale_plus_one,
+        rounding, residual_dtype, out_dtype,
+    )
 
 
-residual_norm_modulate.register_fake(lambda *args, **kwargs: _fake_outputs(_residual_call(*args, **kwargs)))
-register_emitter(residual_norm_modulate._opoverload)(lambda *args, **kwargs: _emit(_residual_call(*args, **kwargs)))
-
-
-@torch.library.custom_op("fusion_passes::norm_modulate_pair", mutates_args=())
-def norm_modulate_pair(
-    x: torch.Tensor,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    scale: Sequence[torch.Tensor],
-    shift: Sequence[torch.Tensor],
-    scale2: Sequence[torch.Tensor],
-    shift2: Sequence[torch.Tensor],
-    eps: float,
-    norm: str,
-    scale_plus_one: bool,
-    rounding: str,
-    out_dtype: torch.dtype,
-    out_dtype2: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _pair_call(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, scale: Sequence[torch.Tensor],
+    shift: Sequence[torch.Tensor], scale2: Sequence[torch.Tensor], shift2: Sequence[torch.Tensor], eps: float, norm: str,
+    scale_plus_one: bool, rounding: str, out_dtype: torch.dtype, out_dtype2: torch.dtype,
+) -> NormModulate:
     """adaln twice on one norm: ``n = N(x)``; ``(n * (1 + scale) + shift, n * (1 + scale2) + shift2)``."""
-    return _run(_pair_call(
-        x, weight, bias, scale, shift, scale2, shift2, eps, norm, scale_plus_one, rounding, out_dtype, out_dtype2
-    ))
+    return NormModulate(
+        x, None, (), weight, bias, tuple(scale), tuple(shift), None, eps, norm, scale_plus_one, rounding, None,
+        out_dtype, tuple(scale2), tuple(shift2), out_dtype2,
+    )
 
 
-norm_modulate_pair.register_fake(lambda *args, **kwargs: _fake_outputs(_pair_call(*args, **kwargs)))
-register_emitter(norm_modulate_pair._opoverload)(lambda *args, **kwargs: _emit(_pair_call(*args, **kwargs)))
+norm_modulate = fused_op(
+    "fusion_passes::norm_modulate", _single_call, _run, _fake_outputs, _emit, torch.Tensor, first_output_only=True
+)
+residual_norm_modulate = fused_op(
+    "fusion_passes::residual_norm_modulate", _residual_call, _run, _fake_outputs, _emit, tuple[torch.Tensor, torch.Tensor]
+)
+norm_modulate_pair = fused_op(
+    "fusion_passes::norm_modulate_pair", _pair_call, _run, _fake_outputs, _emit, tuple[torch.Tensor, torch.Tensor]
+)

@@ -186,6 +186,40 @@ def register_emitter(op: Any) -> Callable[[Callable[..., Any]], Callable[..., An
     return register
 
 
+def fused_op(
+    name: str,
+    call_of: Callable[..., Any],
+    run: Callable[[Any], Any],
+    fake: Callable[[Any], Any] | None,
+    emit: Callable[[Any], Any],
+    returns: Any,
+    first_output_only: bool = False,
+) -> Any:
+    """The custom op ``name`` (``namespace::op``) declared by ``call_of``, the function making its arguments one call.
+
+    The op's schema comes from ``call_of``'s signature and ``returns``; its body is ``run``, its fake
+    ``fake`` (None: registered apart) and its emitter ``emit``, each of the call. With
+    ``first_output_only`` the op returns the first of the two outputs they compute.
+    """
+
+    def outputs(results: Any) -> Any:
+        return results[0] if first_output_only else results
+
+    def op(*arguments: Any, **named: Any) -> Any:
+        return outputs(run(call_of(*arguments, **named)))
+
+    namespace, op_name = name.split("::")
+    op.__name__ = op.__qualname__ = op_name
+    op.__module__, op.__doc__ = call_of.__module__, call_of.__doc__
+    op.__signature__ = inspect.signature(call_of, eval_str=True).replace(return_annotation=returns)  # type: ignore[attr-defined]
+    custom_op = torch.library.custom_op(name, op, mutates_args=())
+    if fake is not None:
+        custom_op.register_fake(lambda *arguments, **named: outputs(fake(call_of(*arguments, **named))))
+    overload = getattr(getattr(torch.ops, namespace), op_name).default
+    register_emitter(overload)(lambda *arguments, **named: outputs(emit(call_of(*arguments, **named))))
+    return custom_op
+
+
 def emitters() -> dict[Any, Callable[..., Any]]:
     """Every fused op with a registered emitter."""
     return dict(_EMITTERS)
