@@ -26,7 +26,7 @@ from fusion_passes.progress import progress
 from fusion_passes.kernels import adaln as adaln_kernels
 
 
-def adaln_f1(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+def adaln_layer_norm(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
     """adaln as FLUX writes it: chunked [B, 6C] modulation, ``[:, None]`` broadcast, no-affine LN."""
     shift, scale, _gate = emb.chunk(6, dim=1)[:3]
     return F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
@@ -39,13 +39,13 @@ def f1_call(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> adaln_
     )
 
 
-def adaln_f1_kernel(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-    """``adaln_f1`` through the Triton kernel directly, whatever the pass would decide."""
+def adaln_kernel(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    """``adaln_layer_norm`` through the Triton kernel directly, whatever the pass would decide."""
     shift, scale, _gate = emb.chunk(6, dim=1)[:3]
     return adaln_kernels.norm_modulate_triton(f1_call(x, scale[:, None], shift[:, None]))[0]
 
 
-def adaln_f1_rms(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+def adaln_rms(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
     """adaln with the hand-written fp32-statistics RMSNorm (no weight)."""
     shift, scale, _gate = emb.chunk(6, dim=1)[:3]
     variance = x.float().pow(2).mean(-1, keepdim=True)
@@ -53,7 +53,7 @@ def adaln_f1_rms(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
     return normed * (1 + scale[:, None]) + shift[:, None]
 
 
-def adaln_f1_fp32_form(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+def adaln_fp32_form(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
     """adaln as Wan writes it: fp32 modulation, ``x.float()`` normalized, ``type_as(x)``."""
     shift, scale, _gate = emb.float().chunk(6, dim=1)[:3]
     return (F.layer_norm(x.float(), x.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]).type_as(x)
@@ -111,9 +111,9 @@ def select01_adaln_kernel(x: torch.Tensor, index: torch.Tensor, emb: torch.Tenso
     return adaln_kernels._launch(call)[0]
 
 
-def adaln_f1_after_add(a: torch.Tensor, b: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+def adaln_after_add(a: torch.Tensor, b: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
     """adaln on a sum used nowhere else: Inductor alone fuses the add into its norm kernel."""
-    return adaln_f1(a + b, emb)
+    return adaln_layer_norm(a + b, emb)
 
 
 def select01_residual_adaln(
@@ -163,15 +163,15 @@ class Case:
 
 
 CASES = {
-    "adaln": Case("adaln LN*(1+s)+t", adaln_f1, adaln_f1_kernel, n_activations=1, n_outputs=1),
-    "adaln rms": Case("adaln RMS(fp32 stats)*(1+s)+t", adaln_f1_rms, None, n_activations=1, n_outputs=1),
-    "adaln fp32 form": Case("adaln fp32 form (Wan)", adaln_f1_fp32_form, None, n_activations=1, n_outputs=1),
+    "adaln": Case("adaln LN*(1+s)+t", adaln_layer_norm, adaln_kernel, n_activations=1, n_outputs=1),
+    "adaln rms": Case("adaln RMS(fp32 stats)*(1+s)+t", adaln_rms, None, n_activations=1, n_outputs=1),
+    "adaln fp32 form": Case("adaln fp32 form (Wan)", adaln_fp32_form, None, n_activations=1, n_outputs=1),
     "residual_adaln": Case("residual_adaln res+g*x -> adaln", residual_adaln, None, n_activations=2, n_outputs=2, n_modulations=3),
     "residual_adaln fp32 form": Case("residual_adaln fp32 form (Wan)", residual_adaln_fp32_form, None, n_activations=2, n_outputs=2, n_modulations=3),
     "residual_adaln rms weight": Case("residual_adaln res+x -> RMS*weight (LLM)", residual_rms_norm, None, n_activations=2, n_outputs=2, n_modulations=0),
     "select01": Case("select01 select01 adaln", select01_adaln, select01_adaln_kernel, n_activations=1, n_outputs=1, select01=True),
     "select01+residual_adaln": Case("select01 select01 residual_adaln", select01_residual_adaln, None, n_activations=2, n_outputs=2, n_modulations=3, select01=True),
-    "adaln after add": Case("adaln on a + b", adaln_f1_after_add, None, n_activations=2, n_outputs=1),
+    "adaln after add": Case("adaln on a + b", adaln_after_add, None, n_activations=2, n_outputs=1),
     "adaln pair": Case("adaln one norm, two modulations", adaln_pair, None, n_activations=1, n_outputs=2, n_modulations=4),
 }
 
@@ -302,9 +302,9 @@ def host_overhead(dtype: torch.dtype) -> dict[str, float]:
     x = torch.randn(1, 64, 3072, dtype=dtype, device="cuda")
     emb = torch.randn(1, 6 * 3072, dtype=dtype, device="cuda")
     torch._dynamo.reset()
-    inductor = compile_fresh(adaln_f1, "inductor")
+    inductor = compile_fresh(adaln_layer_norm, "inductor")
     torch._dynamo.reset()
-    fused = compile_fresh(adaln_f1, "fusion_passes", size_rule=False)
+    fused = compile_fresh(adaln_layer_norm, "fusion_passes", size_rule=False)
     shift, scale = emb.chunk(6, dim=1)[:2]
     op_args = (x, None, None, [scale[:, None]], [shift[:, None]], None, 1e-6, "layer", True, "none", dtype)
     call = f1_call(x, scale[:, None], shift[:, None])

@@ -223,3 +223,32 @@ def _propagating(decompose: Any) -> Any:
         return result
 
     return decompose_and_propagate
+
+
+# --- Fused ops' launchers (fusion_passes.kernels) ---------------------------------------------------
+# Checked on torch 2.13 and 2.15 (CPU).
+
+
+def torch_mode_active() -> bool:
+    """Whether a torch-function or a dispatch mode is active (an eager fused call then goes through its op)."""
+    return torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack() > 0
+
+
+def assert_async(condition: torch.Tensor, message: str) -> None:
+    """Assert ``condition`` on its device without a host synchronization (a device-side assert on CUDA)."""
+    torch._assert_async(condition, message)
+
+
+def emit_triton_kernel(kernel: Any, constants: dict[str, Any], **launch: Any) -> Any:
+    """Record a launch of ``kernel`` as Inductor's functional Triton-kernel node in the graph being traced.
+
+    ``constants`` are its compile-time arguments; ``launch`` are the node's other arguments (grid,
+    kwargs, tensors_to_clone, tma_descriptor_metadata). Returns the written tensors by name.
+    """
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+
+    return TRITON_KERNEL_FUNCTIONAL(
+        kernel_idx=kernel_side_table.add_kernel(kernel),
+        constant_args_idx=kernel_side_table.add_constant_args(constants),
+        **launch,
+    )

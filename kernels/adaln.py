@@ -1,15 +1,16 @@
-"""AdaLN: a norm followed by modulation (SPEC.md F1, F2, F3), as three custom ops on one kernel.
+"""AdaLN: a norm followed by modulation, as three custom ops on one kernel.
 
-- ``fusion_passes::norm_modulate``: ``y = N(x) * (1 + scale) + shift`` (F1).
-- ``fusion_passes::residual_norm_modulate``: ``r = residual + gate * x; y = N(r) * (1 + scale) + shift``,
-  returning ``(y, r)`` (F2).
+- ``fusion_passes::norm_modulate`` (adaln): ``y = N(x) * (1 + scale) + shift``.
+- ``fusion_passes::residual_norm_modulate`` (residual_adaln): ``r = residual + gate * x;
+  y = N(r) * (1 + scale) + shift``, returning ``(y, r)``.
 - ``fusion_passes::norm_modulate_pair``: one norm, two modulations (SD3.5's dual AdaLN): one
   read of x, both outputs.
 
 ``N`` is LayerNorm or RMSNorm over the last dim with optional weight (and bias, LayerNorm only).
 Every modulation operand (gate, scale, shift) is a list of one tensor, or of two when ``select``
-is given (F3): a boolean per row (broadcast to ``x.shape[:-1] + (1,)``) choosing the first tensor
-where true, the second where false; each row loads only the chosen tensor's row. ``rounding``
+is given (a per-token modulation choice): a boolean per row (broadcast to ``x.shape[:-1] + (1,)``)
+choosing the first tensor where true, the second where false; each row loads only the chosen
+tensor's row. ``rounding``
 names where the unfused graph rounds the normalized value to the norm input's dtype ("none",
 "before_weight", "after_affine"); statistics and modulation are fp32, outputs rounded once at the
 store. The residual ``r`` is stored in ``residual_dtype`` and normalized as stored.
@@ -37,7 +38,7 @@ from fusion_passes.kernels.common import (
     device_error,
     kernel_or_reference,
 )
-from fusion_passes.kernels.launch import KernelLaunch, NotEmittable, hinted, register_emitter, static_size
+from fusion_passes.kernels.launch import KernelLaunch, NotEmittable, fused_op, hinted, static_size
 
 # Widest row the kernel keeps in registers; wider rows fall back to the reference.
 MAX_HIDDEN = 16384
@@ -51,7 +52,7 @@ ROUNDINGS = ("none", "before_weight", "after_affine")
 
 @dataclasses.dataclass(frozen=True)
 class NormModulate:
-    """The operands and settings of one fused call; ``residual is None`` for F1."""
+    """The operands and settings of one fused call; ``residual is None`` but for residual_adaln."""
 
     x: torch.Tensor
     residual: torch.Tensor | None
@@ -67,7 +68,7 @@ class NormModulate:
     rounding: str
     residual_dtype: torch.dtype | None
     out_dtype: torch.dtype
-    # A second modulation of the same normalized value (F1 only): one read of x, two outputs.
+    # A second modulation of the same normalized value (without a residual): one read of x, two outputs.
     scale2: tuple[torch.Tensor, ...] = ()
     shift2: tuple[torch.Tensor, ...] = ()
     out_dtype2: torch.dtype | None = None
@@ -106,7 +107,7 @@ def _chosen(tensors: tuple[torch.Tensor, ...], select: torch.Tensor | None) -> t
 def reference(call: NormModulate) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pure-torch ``(y, second)`` with fp32 math (fp64 for fp64 inputs) and the graph's roundings.
 
-    ``second`` is the stored residual r (F2), the second modulation (a pair), or None.
+    ``second`` is the stored residual r (residual_adaln), the second modulation (a pair), or None.
     """
     work = torch.float64 if call.x.dtype == torch.float64 else torch.float32
     gate, scale, shift = (_chosen(tensors, call.select) for tensors in (call.gate, call.scale, call.shift))
@@ -423,11 +424,12 @@ def launch_config(hidden: int, modulation_rows: int) -> LaunchConfig:
     block_rows = max(1, min(16, 2048 // block_hidden))
     num_warps = min(max(block_hidden * block_rows // 1024, 1), 8)
     if modulation_rows <= MAX_HOISTED_ROWS:
-        # Plain F1: about 16 resident warps per multiprocessor loop over the rows, holding scale
+        # Plain adaln: about 16 resident warps per multiprocessor loop over the rows, holding scale
         # and shift in registers and pipelining the next rows' loads (fastest on H200).
         return LaunchConfig(block_rows, num_warps, num_stages=3, programs_per_sm=16 // num_warps)
-    # F2, F3 and pairs: holding 3 or 4 rows costs occupancy (F3 up to 1.5x slower); one program
-    # per block of rows reading the modulation rows from L2 is within 5% of the best swept config.
+    # Residual, per-token choice and pairs: holding 3 or 4 rows costs occupancy (a per-token choice
+    # up to 1.5x slower); one program per block of rows reading the modulation rows from L2 is
+    # within 5% of the best swept config.
     return LaunchConfig(block_rows, num_warps, num_stages=1, programs_per_sm=0, hoist=False)
 
 
@@ -480,7 +482,7 @@ def kernel_launch(
     """
     x = call.x
     hidden = static_size(x.shape[-1])
-    # The second output is r (F2) or the second modulation (pair), never both.
+    # The second output is r (residual_adaln) or the second modulation (pair), never both.
     out, second = out
     residual_out, out2 = (second, None) if call.residual is not None else (None, second)
     leading = collapse_leading_dims(x.shape)
@@ -569,7 +571,7 @@ def norm_modulate_triton(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run the one-pass kernel on ``call`` after checking it; returns ``(y, second)``.
 
-    ``second`` is r for F2, the second modulation for a pair, else None. ``out``, if given, is
+    ``second`` is r for residual_adaln, the second modulation for a pair, else None. ``out``, if given, is
     ``(y, second)`` to write into: contiguous, x's shape, the call's dtypes.
     """
     reason = _argument_error(call) or unsupported_reason(call)
@@ -607,31 +609,8 @@ def _run(call: NormModulate) -> tuple[torch.Tensor, torch.Tensor | None]:
     return kernel_or_reference(call, call.x, _argument_error, unsupported_reason, reference, _launch)
 
 
-# Each op's arguments as a call; the op, its fake and its emitter all read them through these.
-
-
-def _single_call(x, weight, bias, scale, shift, select, eps, norm, scale_plus_one, rounding, out_dtype) -> NormModulate:
-    return NormModulate(
-        x, None, (), weight, bias, tuple(scale), tuple(shift), select, eps, norm, scale_plus_one, rounding, None, out_dtype
-    )
-
-
-def _residual_call(
-    residual, x, gate, weight, bias, scale, shift, select, eps, norm, scale_plus_one, rounding, residual_dtype, out_dtype
-) -> NormModulate:
-    return NormModulate(
-        x, residual, tuple(gate), weight, bias, tuple(scale), tuple(shift), select, eps, norm, scale_plus_one,
-        rounding, residual_dtype, out_dtype,
-    )
-
-
-def _pair_call(
-    x, weight, bias, scale, shift, scale2, shift2, eps, norm, scale_plus_one, rounding, out_dtype, out_dtype2
-) -> NormModulate:
-    return NormModulate(
-        x, None, (), weight, bias, tuple(scale), tuple(shift), None, eps, norm, scale_plus_one, rounding, None,
-        out_dtype, tuple(scale2), tuple(shift2), out_dtype2,
-    )
+# Each op is declared by the function making its arguments one call (its schema comes from the
+# signature); the op's body, fake and emitter all read the call.
 
 
 def _fake_outputs(call: NormModulate) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -641,76 +620,47 @@ def _fake_outputs(call: NormModulate) -> tuple[torch.Tensor, torch.Tensor | None
     return empty_outputs(call)
 
 
-@torch.library.custom_op("fusion_passes::norm_modulate", mutates_args=())
-def norm_modulate(
-    x: torch.Tensor,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    scale: Sequence[torch.Tensor],
-    shift: Sequence[torch.Tensor],
-    select: torch.Tensor | None,
-    eps: float,
-    norm: str,
-    scale_plus_one: bool,
-    rounding: str,
+def _single_call(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, scale: Sequence[torch.Tensor],
+    shift: Sequence[torch.Tensor], select: torch.Tensor | None, eps: float, norm: str, scale_plus_one: bool, rounding: str,
     out_dtype: torch.dtype,
-) -> torch.Tensor:
-    """F1: ``N(x) * (1 + scale) + shift`` (or ``* scale`` without ``scale_plus_one``)."""
-    return _run(_single_call(x, weight, bias, scale, shift, select, eps, norm, scale_plus_one, rounding, out_dtype))[0]
+) -> NormModulate:
+    """adaln: ``N(x) * (1 + scale) + shift`` (or ``* scale`` without ``scale_plus_one``)."""
+    return NormModulate(
+        x, None, (), weight, bias, tuple(scale), tuple(shift), select, eps, norm, scale_plus_one, rounding, None, out_dtype
+    )
 
 
-norm_modulate.register_fake(lambda *args, **kwargs: _fake_outputs(_single_call(*args, **kwargs))[0])
-register_emitter(norm_modulate._opoverload)(lambda *args, **kwargs: _emit(_single_call(*args, **kwargs))[0])
+def _residual_call(
+    residual: torch.Tensor, x: torch.Tensor, gate: Sequence[torch.Tensor], weight: torch.Tensor | None,
+    bias: torch.Tensor | None, scale: Sequence[torch.Tensor], shift: Sequence[torch.Tensor], select: torch.Tensor | None,
+    eps: float, norm: str, scale_plus_one: bool, rounding: str, residual_dtype: torch.dtype, out_dtype: torch.dtype,
+) -> NormModulate:
+    """residual_adaln: ``r = residual + gate * x`` then adaln on ``r``; returns ``(y, r)``."""
+    return NormModulate(
+        x, residual, tuple(gate), weight, bias, tuple(scale), tuple(shift), select, eps, norm, scale_plus_one,
+        rounding, residual_dtype, out_dtype,
+    )
 
 
-@torch.library.custom_op("fusion_passes::residual_norm_modulate", mutates_args=())
-def residual_norm_modulate(
-    residual: torch.Tensor,
-    x: torch.Tensor,
-    gate: Sequence[torch.Tensor],
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    scale: Sequence[torch.Tensor],
-    shift: Sequence[torch.Tensor],
-    select: torch.Tensor | None,
-    eps: float,
-    norm: str,
-    scale_plus_one: bool,
-    rounding: str,
-    residual_dtype: torch.dtype,
-    out_dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """F2: ``r = residual + gate * x`` then F1 on ``r``; returns ``(y, r)``."""
-    return _run(_residual_call(
-        residual, x, gate, weight, bias, scale, shift, select, eps, norm, scale_plus_one, rounding, residual_dtype, out_dtype
-    ))
+def _pair_call(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, scale: Sequence[torch.Tensor],
+    shift: Sequence[torch.Tensor], scale2: Sequence[torch.Tensor], shift2: Sequence[torch.Tensor], eps: float, norm: str,
+    scale_plus_one: bool, rounding: str, out_dtype: torch.dtype, out_dtype2: torch.dtype,
+) -> NormModulate:
+    """adaln twice on one norm: ``n = N(x)``; ``(n * (1 + scale) + shift, n * (1 + scale2) + shift2)``."""
+    return NormModulate(
+        x, None, (), weight, bias, tuple(scale), tuple(shift), None, eps, norm, scale_plus_one, rounding, None,
+        out_dtype, tuple(scale2), tuple(shift2), out_dtype2,
+    )
 
 
-residual_norm_modulate.register_fake(lambda *args, **kwargs: _fake_outputs(_residual_call(*args, **kwargs)))
-register_emitter(residual_norm_modulate._opoverload)(lambda *args, **kwargs: _emit(_residual_call(*args, **kwargs)))
-
-
-@torch.library.custom_op("fusion_passes::norm_modulate_pair", mutates_args=())
-def norm_modulate_pair(
-    x: torch.Tensor,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    scale: Sequence[torch.Tensor],
-    shift: Sequence[torch.Tensor],
-    scale2: Sequence[torch.Tensor],
-    shift2: Sequence[torch.Tensor],
-    eps: float,
-    norm: str,
-    scale_plus_one: bool,
-    rounding: str,
-    out_dtype: torch.dtype,
-    out_dtype2: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """F1 twice on one norm: ``n = N(x)``; ``(n * (1 + scale) + shift, n * (1 + scale2) + shift2)``."""
-    return _run(_pair_call(
-        x, weight, bias, scale, shift, scale2, shift2, eps, norm, scale_plus_one, rounding, out_dtype, out_dtype2
-    ))
-
-
-norm_modulate_pair.register_fake(lambda *args, **kwargs: _fake_outputs(_pair_call(*args, **kwargs)))
-register_emitter(norm_modulate_pair._opoverload)(lambda *args, **kwargs: _emit(_pair_call(*args, **kwargs)))
+norm_modulate = fused_op(
+    "fusion_passes::norm_modulate", _single_call, _run, _fake_outputs, _emit, torch.Tensor, first_output_only=True
+)
+residual_norm_modulate = fused_op(
+    "fusion_passes::residual_norm_modulate", _residual_call, _run, _fake_outputs, _emit, tuple[torch.Tensor, torch.Tensor]
+)
+norm_modulate_pair = fused_op(
+    "fusion_passes::norm_modulate_pair", _pair_call, _run, _fake_outputs, _emit, tuple[torch.Tensor, torch.Tensor]
+)

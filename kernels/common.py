@@ -7,6 +7,8 @@ from typing import TypeVar
 
 import torch
 
+from fusion_passes.compat import torch_mode_active
+
 Call = TypeVar("Call")
 Result = TypeVar("Result")
 
@@ -66,7 +68,7 @@ def needs_dispatcher(tensors: Sequence[torch.Tensor | None]) -> bool:
     its implementation: while tracing or compiling, under a torch-function or dispatch mode, for a
     tensor subclass, or where autograd would record the call (the op then raises at backward: the
     fused ops are forward-only). The dispatcher costs about 100 us of host time per call."""
-    if torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack():
+    if torch.compiler.is_compiling() or torch_mode_active():
         return True
     grad = torch.is_grad_enabled()
     return any(t is not None and (type(t) is not torch.Tensor or (grad and t.requires_grad)) for t in tensors)

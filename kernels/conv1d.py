@@ -1,4 +1,4 @@
-"""Causal depthwise conv1d with optional SiLU (SPEC.md F6): a dense op and a packed variable-length op.
+"""Causal depthwise conv1d with optional SiLU (causal_conv1d): a dense op and a packed variable-length op.
 
 Per channel ``c`` and token ``t`` of a sequence, with ``K`` taps:
 ``y[c, t] = act(bias[c] + sum_{j<K} w[c, j] * x[c, t - K + 1 + j])``, where positions before the
@@ -38,8 +38,9 @@ import torch
 import triton
 import triton.language as tl
 
+from fusion_passes.compat import assert_async
 from fusion_passes.kernels.common import SUPPORTED_DTYPES, check_devices, device_error, kernel_or_reference, needs_dispatcher
-from fusion_passes.kernels.launch import DirectLaunch, KernelLaunch, NotEmittable, register_emitter, size_hint
+from fusion_passes.kernels.launch import DirectLaunch, KernelLaunch, NotEmittable, fused_op, size_hint
 
 ACTIVATIONS = ("none", "silu")
 MIN_KERNEL_WIDTH = 2
@@ -475,16 +476,8 @@ def _run(call: CausalConv1d) -> tuple[torch.Tensor, torch.Tensor | None]:
 # --- Custom ops ----------------------------------------------------------------------------------
 
 
-# Each op's arguments as a call; the op, its fake and its emitter all read them through these.
-
-
-def _dense_call(x, weight, bias, activation, conv_dtype, out_dtype) -> CausalConv1d:
-    return CausalConv1d(x, weight, bias, activation, conv_dtype, out_dtype)
-
-
-def _packed_call(x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen) -> CausalConv1d:
-    return CausalConv1d(x, weight, bias, activation, torch.float32, x.dtype, cu_seqlens, initial_states,
-                        has_initial_state, max_seqlen)
+# Each op is declared by the function making its arguments one call (its schema comes from the
+# signature); the op's body, fake and emitter all read the call.
 
 
 def _fake_outputs(call: CausalConv1d) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -494,40 +487,29 @@ def _fake_outputs(call: CausalConv1d) -> tuple[torch.Tensor, torch.Tensor | None
     return output_like(call.x, call.out_dtype), call.empty_final_states() if call.varlen else None
 
 
-@torch.library.custom_op("fusion_passes::causal_conv1d", mutates_args=())
-def causal_conv1d(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    activation: str,
-    conv_dtype: torch.dtype,
+def _dense_call(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str, conv_dtype: torch.dtype,
     out_dtype: torch.dtype,
-) -> torch.Tensor:
-    """F6 dense: x ``[B, C, L]``, weight ``[C, K]``; zeros before the first token; output in x's layout."""
-    return _run(_dense_call(x, weight, bias, activation, conv_dtype, out_dtype))[0]
+) -> CausalConv1d:
+    """causal_conv1d, dense: x ``[B, C, L]``, weight ``[C, K]``; zeros before the first token; output in x's layout."""
+    return CausalConv1d(x, weight, bias, activation, conv_dtype, out_dtype)
 
 
-causal_conv1d.register_fake(lambda *args, **kwargs: _fake_outputs(_dense_call(*args, **kwargs))[0])
-register_emitter(causal_conv1d._opoverload)(lambda *args, **kwargs: _emit(_dense_call(*args, **kwargs))[0])
+def _packed_call(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cu_seqlens: torch.Tensor,
+    initial_states: torch.Tensor | None, has_initial_state: torch.Tensor | None, activation: str, max_seqlen: int | None,
+) -> CausalConv1d:
+    """causal_conv1d, packed: x ``[C, T]``, offsets ``[S + 1]``; returns ``(out, final_states [S, C, K - 1])``."""
+    return CausalConv1d(x, weight, bias, activation, torch.float32, x.dtype, cu_seqlens, initial_states,
+                        has_initial_state, max_seqlen)
 
 
-@torch.library.custom_op("fusion_passes::causal_conv1d_varlen", mutates_args=())
-def causal_conv1d_varlen_op(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    cu_seqlens: torch.Tensor,
-    initial_states: torch.Tensor | None,
-    has_initial_state: torch.Tensor | None,
-    activation: str,
-    max_seqlen: int | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """F6 packed: x ``[C, T]``, offsets ``[S + 1]``; returns ``(out, final_states [S, C, K - 1])``."""
-    return _run(_packed_call(x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen))
-
-
-causal_conv1d_varlen_op.register_fake(lambda *args, **kwargs: _fake_outputs(_packed_call(*args, **kwargs)))
-register_emitter(causal_conv1d_varlen_op._opoverload)(lambda *args, **kwargs: _emit(_packed_call(*args, **kwargs)))
+causal_conv1d = fused_op(
+    "fusion_passes::causal_conv1d", _dense_call, _run, _fake_outputs, _emit, torch.Tensor, first_output_only=True
+)
+causal_conv1d_varlen_op = fused_op(
+    "fusion_passes::causal_conv1d_varlen", _packed_call, _run, _fake_outputs, _emit, tuple[torch.Tensor, torch.Tensor]
+)
 
 
 def validate_offsets(cu_seqlens: torch.Tensor, total_tokens: int, max_seqlen: int | None) -> None:
@@ -551,11 +533,11 @@ def assert_offsets_async(cu_seqlens: torch.Tensor, total_tokens: int, max_seqlen
     device-side assert)."""
     offsets = cu_seqlens.to(torch.int64)
     lengths = offsets[1:] - offsets[:-1]
-    torch._assert_async(offsets[0] >= 0, "cu_seqlens: expected offsets >= 0")
-    torch._assert_async((lengths >= 0).all(), "cu_seqlens: expected offsets that never decrease")
-    torch._assert_async(offsets[-1] <= total_tokens, f"cu_seqlens: the last offset overruns x's {total_tokens} tokens")
+    assert_async(offsets[0] >= 0, "cu_seqlens: expected offsets >= 0")
+    assert_async((lengths >= 0).all(), "cu_seqlens: expected offsets that never decrease")
+    assert_async(offsets[-1] <= total_tokens, f"cu_seqlens: the last offset overruns x's {total_tokens} tokens")
     if max_seqlen is not None:
-        torch._assert_async((lengths <= max_seqlen).all(), f"cu_seqlens: a sequence is longer than max_seqlen {max_seqlen}")
+        assert_async((lengths <= max_seqlen).all(), f"cu_seqlens: a sequence is longer than max_seqlen {max_seqlen}")
 
 
 def causal_conv1d_varlen(

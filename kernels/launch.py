@@ -21,6 +21,9 @@ from typing import Any
 
 import torch
 
+from fusion_passes.compat import emit_triton_kernel
+from fusion_passes.compat import size_hint as compile_time_value
+
 
 @dataclasses.dataclass(frozen=True)
 class KernelLaunch:
@@ -37,8 +40,6 @@ class KernelLaunch:
 
     def emit(self) -> dict[str, torch.Tensor]:
         """Record the launch in the graph being traced; returns the written tensors by name."""
-        from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table, triton_kernel_wrapper_functional
-
         arguments = dict(self.arguments)
         # Compile options travel as the one config of an autotuner, as torch.compile passes them.
         options = tuple((name, arguments.pop(name)) for name in _COMPILE_OPTIONS if name in arguments)
@@ -48,9 +49,9 @@ class KernelLaunch:
         # passes only tensors and symbolic sizes (each launch argument costs host time per call).
         kernel = with_constexprs(
             self.kernel, frozenset(name for name, value in constants.items() if isinstance(value, int) or value is None))
-        return triton_kernel_wrapper_functional(
-            kernel_idx=kernel_side_table.add_kernel(_configured(kernel, options)),
-            constant_args_idx=kernel_side_table.add_constant_args(constants),
+        return emit_triton_kernel(
+            _configured(kernel, options),
+            constants,
             # Inductor's launcher takes three grid dims.
             grid=[tuple(self.grid) + (1,) * (3 - len(self.grid))],
             tma_descriptor_metadata={},
@@ -185,6 +186,40 @@ def register_emitter(op: Any) -> Callable[[Callable[..., Any]], Callable[..., An
     return register
 
 
+def fused_op(
+    name: str,
+    call_of: Callable[..., Any],
+    run: Callable[[Any], Any],
+    fake: Callable[[Any], Any] | None,
+    emit: Callable[[Any], Any],
+    returns: Any,
+    first_output_only: bool = False,
+) -> Any:
+    """The custom op ``name`` (``namespace::op``) declared by ``call_of``, the function making its arguments one call.
+
+    The op's schema comes from ``call_of``'s signature and ``returns``; its body is ``run``, its fake
+    ``fake`` (None: registered apart) and its emitter ``emit``, each of the call. With
+    ``first_output_only`` the op returns the first of the two outputs they compute.
+    """
+
+    def outputs(results: Any) -> Any:
+        return results[0] if first_output_only else results
+
+    def op(*arguments: Any, **named: Any) -> Any:
+        return outputs(run(call_of(*arguments, **named)))
+
+    namespace, op_name = name.split("::")
+    op.__name__ = op.__qualname__ = op_name
+    op.__module__, op.__doc__ = call_of.__module__, call_of.__doc__
+    op.__signature__ = inspect.signature(call_of, eval_str=True).replace(return_annotation=returns)  # type: ignore[attr-defined]
+    custom_op = torch.library.custom_op(name, op, mutates_args=())
+    if fake is not None:
+        custom_op.register_fake(lambda *arguments, **named: outputs(fake(call_of(*arguments, **named))))
+    overload = getattr(getattr(torch.ops, namespace), op_name).default
+    register_emitter(overload)(lambda *arguments, **named: outputs(emit(call_of(*arguments, **named))))
+    return custom_op
+
+
 def emitters() -> dict[Any, Callable[..., Any]]:
     """Every fused op with a registered emitter."""
     return dict(_EMITTERS)
@@ -198,7 +233,7 @@ def size_hint(size: Any) -> int:
     """A size's value at compile time (its hint, for a symbolic size), without adding a guard."""
     if isinstance(size, int):
         return size
-    hint = size.node.hint
+    hint = compile_time_value(size)
     if hint is None:
         raise NotEmittable(f"size {size} is data-dependent")
     return hint

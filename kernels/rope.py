@@ -1,4 +1,4 @@
-"""Rotary embedding (SPEC.md F5), optionally after a q/k RMSNorm (F4), as one custom op.
+"""Rotary embedding (rope), optionally after a q/k RMSNorm, as one custom op.
 
 ``fusion_passes::rope`` takes one or more *streams* ``xs`` (each ``[*lead, D]``, e.g. ``[B, L, H, D]``)
 and returns their concatenation along the lead dim ``cat_dim`` (the joint text + image sequence
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,7 +46,7 @@ from fusion_passes.kernels.common import (
     collapse_leading_dims,
     device_error,
 )
-from fusion_passes.kernels.launch import KernelLaunch, NotEmittable, hinted, register_emitter, size_hint, static_size
+from fusion_passes.kernels.launch import KernelLaunch, NotEmittable, fused_op, hinted, size_hint, static_size
 
 NORMS = ("none", "head", "heads")
 ROUNDINGS = ("none", "before_weight", "after_weight", "before_and_after_weight")
@@ -122,7 +123,10 @@ def make_call(
     cat_dim: int,
     out_dtype: torch.dtype,
 ) -> Rope:
-    """The op's flat arguments as a checked ``Rope``; a ValueError names what is wrong."""
+    """rope: per stream optional RMSNorm then rotary embedding; streams joined along ``cat_dim``.
+
+    The op's flat arguments as a checked ``Rope``; a ValueError names what is wrong.
+    """
     count = len(xs)
     if count == 0:
         raise ValueError("xs: expected at least one stream, got none")
@@ -407,7 +411,7 @@ class LaunchConfig:
 
 # Elements of x one program moves, and per warp. Swept on an H200 (docs/BENCHMARKS.md, bf16, D=128):
 # 8 heads in 2 warps at 24 heads (4 in 1 warp where 8 does not divide the heads, as at 12) are
-# within 4% of the best config at both SPEC shapes; one head per program is 3.4-4.3x slower. A
+# within 4% of the best config at both benchmarked shapes; one head per program is 3.4-4.3x slower. A
 # norm over all heads holds every head of a token, best with 1024 elements per warp.
 TARGET_PROGRAM_ELEMENTS = 1024
 ELEMENTS_PER_WARP = 512
@@ -571,24 +575,8 @@ def _emit(call: Rope) -> torch.Tensor:
     return out
 
 
-@torch.library.custom_op("fusion_passes::rope", mutates_args=())
-def rope(
-    xs: Sequence[torch.Tensor],
-    weights: Sequence[torch.Tensor | None],
-    eps: Sequence[float],
-    cos: Sequence[torch.Tensor | None],
-    sin: Sequence[torch.Tensor | None],
-    cos_maps: Sequence[int],
-    sin_maps: Sequence[int],
-    norm: str,
-    rounding: str,
-    rotary_dim: int,
-    interleaved: bool,
-    cat_dim: int,
-    out_dtype: torch.dtype,
-) -> torch.Tensor:
-    """F4/F5: per stream optional RMSNorm then rotary embedding; streams joined along ``cat_dim``."""
-    call = make_call(xs, weights, eps, cos, sin, cos_maps, sin_maps, norm, rounding, rotary_dim, interleaved, cat_dim, out_dtype)
+def _run(call: Rope) -> torch.Tensor:
+    # The checked call on every device: the kernel on CUDA where it takes the call, else the reference.
     first = call.streams[0].x
     if first.device.type != "cuda" or unsupported_reason(call) is not None:
         return reference(call)
@@ -596,18 +584,21 @@ def rope(
         return _launch(call)
 
 
+# The op is declared by ``make_call`` (its schema comes from the signature); its body and emitter
+# read the checked call.
+rope = fused_op("fusion_passes::rope", make_call, _run, None, _emit, torch.Tensor)
+_ROPE_SIGNATURE = inspect.signature(make_call)
+
+
 @rope.register_fake
-def _rope_fake(xs, weights, eps, cos, sin, cos_maps, sin_maps, norm, rounding, rotary_dim, interleaved, cat_dim, out_dtype):
+def _fake_output(*arguments: Any, **named: Any) -> torch.Tensor:
+    # The joint output's metadata after the device check only, as the other ops' fakes: the call's
+    # shape checks run where the op runs or is emitted.
+    bound = _ROPE_SIGNATURE.bind(*arguments, **named).arguments
+    xs, cat_dim = bound["xs"], bound["cat_dim"]
     if not xs:
         raise ValueError("xs: expected at least one stream, got none")
-    operands = [(f"{name}[{s}]", tensor) for name, tensors in (("xs", xs), ("weights", weights), ("cos", cos), ("sin", sin))
-                for s, tensor in enumerate(tensors)]
-    check_devices(operands)
+    check_devices([(f"{name}[{s}]", tensor) for name in ("xs", "weights", "cos", "sin") for s, tensor in enumerate(bound[name])])
     shape = list(xs[0].shape)
     shape[cat_dim] = sum(x.shape[cat_dim] for x in xs)
-    return xs[0].new_empty(shape, dtype=out_dtype)
-
-
-@register_emitter(rope._opoverload)
-def _emit_rope(xs, weights, eps, cos, sin, cos_maps, sin_maps, norm, rounding, rotary_dim, interleaved, cat_dim, out_dtype):
-    return _emit(make_call(xs, weights, eps, cos, sin, cos_maps, sin_maps, norm, rounding, rotary_dim, interleaved, cat_dim, out_dtype))
+    return xs[0].new_empty(shape, dtype=bound["out_dtype"])

@@ -67,7 +67,7 @@ AFFINE = {"none": (), "weight": ("weight",), "weight_bias": ("weight", "bias")}
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("hidden", [1, 37, 300])
 @pytest.mark.parametrize(("norm", "affine"), [("layer", "none"), ("layer", "weight_bias"), ("rms", "none"), ("rms", "weight")])
-def test_f1_matches_fp64_with_chunk_view_modulation(dtype, hidden, norm, affine):
+def test_adaln_matches_fp64_with_chunk_view_modulation(dtype, hidden, norm, affine):
     x = torch.randn(2, 5, hidden, dtype=dtype, device=DEVICE) * 3 + 1
     params = {name: torch.randn(hidden, dtype=dtype, device=DEVICE) for name in AFFINE[affine]}
     shift, scale = modulation(2, hidden, dtype, count=2)
@@ -78,7 +78,7 @@ def test_f1_matches_fp64_with_chunk_view_modulation(dtype, hidden, norm, affine)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("gated", [True, False])
 @pytest.mark.parametrize("norm", ["layer", "rms"])
-def test_f2_matches_fp64_and_returns_the_residual(dtype, gated, norm):
+def test_residual_adaln_matches_fp64_and_returns_the_residual(dtype, gated, norm):
     x, residual = (torch.randn(2, 7, 45, dtype=dtype, device=DEVICE) for _ in range(2))
     shift, scale, gate = modulation(2, 45, dtype)
     run_and_compare(call(x, scale, shift, residual=residual, gate=gate if gated else None, norm=norm), dtype)

@@ -162,7 +162,7 @@ def randn(*shape, dtype=torch.float32):
 class GraphDiffTest(helpers.GraphDiffTest):
     """Each form's post-grad graph before and after the pass, pinned; ``check`` compares the fusions per family."""
 
-    def test_f1_flux_style_fp32(self):
+    def test_adaln_flux_style_fp32(self):
         result = self.check(flux_style, [randn(2, 8, 16), randn(2, 48)], torch.float32, {"adaln": 1})
         self.assertExpectedInline(result.before, """\
 class <lambda>(torch.nn.Module):
@@ -196,7 +196,7 @@ class <lambda>(torch.nn.Module):
         return (norm_modulate_default,)
 """)
 
-    def test_f1_flux_style_bf16(self):
+    def test_adaln_flux_style_bf16(self):
         args = [randn(2, 8, 16, dtype=torch.bfloat16), randn(2, 48, dtype=torch.bfloat16)]
         result = self.check(flux_style, args, torch.bfloat16, {"adaln": 1})
         self.assertExpectedInline(result.before, """\
@@ -233,7 +233,7 @@ class <lambda>(torch.nn.Module):
         return (norm_modulate_default,)
 """)
 
-    def test_f1_layer_norm_weight_bias_fp32(self):
+    def test_adaln_layer_norm_weight_bias_fp32(self):
         args = [randn(2, 8, 16), randn(16), randn(16), randn(2, 1, 16), randn(2, 1, 16)]
         result = self.check(affine_3d_modulation, args, torch.float32, {"adaln": 1})
         self.assertExpectedInline(result.before, """\
@@ -260,7 +260,7 @@ class <lambda>(torch.nn.Module):
         return (norm_modulate_default,)
 """)
 
-    def test_f1_rms_norm_scale_only_bf16(self):
+    def test_adaln_rms_norm_scale_only_bf16(self):
         args = [randn(2, 8, 16, dtype=torch.bfloat16), randn(16, dtype=torch.bfloat16), randn(2, 1, 16, dtype=torch.bfloat16)]
         result = self.check(rms_norm_scale_only, args, torch.bfloat16, {"adaln": 1})
         self.assertExpectedInline(result.before, """\
@@ -285,7 +285,7 @@ class <lambda>(torch.nn.Module):
         return (norm_modulate_default,)
 """)
 
-    def test_f1_hand_written_rms_norm_bf16(self):
+    def test_adaln_hand_written_rms_norm_bf16(self):
         args = [randn(2, 8, 16, dtype=torch.bfloat16), randn(16, dtype=torch.bfloat16)]
         args += [randn(2, 1, 16, dtype=torch.bfloat16), randn(2, 1, 16, dtype=torch.bfloat16)]
         result = self.check(hand_written_rms_norm_shift_first, args, torch.bfloat16, {"adaln": 1})
@@ -312,7 +312,7 @@ class <lambda>(torch.nn.Module):
         return (norm_modulate_default,)
 """)
 
-    def test_f1_rms_norm_divided_by_root_bf16(self):
+    def test_adaln_rms_norm_divided_by_root_bf16(self):
         # x / sqrt(v) is x * rsqrt(v) within two fp32 ulps: the op computes the latter.
         args = [randn(2, 8, 16, dtype=torch.bfloat16), randn(2, 1, 16, dtype=torch.bfloat16), randn(2, 1, 16, dtype=torch.bfloat16)]
         result = self.check(rms_norm_divided_by_root, args, torch.bfloat16, {"adaln": 1})
@@ -338,7 +338,7 @@ class <lambda>(torch.nn.Module):
         return (norm_modulate_default,)
 """)
 
-    def test_f1_rms_norm_divided_by_root_fp32(self):
+    def test_adaln_rms_norm_divided_by_root_fp32(self):
         args = [randn(2, 8, 16), randn(2, 1, 16), randn(2, 1, 16)]
         result = self.check(rms_norm_divided_by_root, args, torch.float32, {"adaln": 1})
         self.assertExpectedInline(result.after, """\
@@ -349,7 +349,7 @@ class <lambda>(torch.nn.Module):
 """)
         torch.testing.assert_close(result.output, rms_norm_divided_by_root(*args), rtol=1e-5, atol=1e-5)
 
-    def test_f1_fp32_upcast_form_bf16(self):
+    def test_adaln_fp32_upcast_form_bf16(self):
         args = [randn(2, 8, 16, dtype=torch.bfloat16), randn(2, 1, 16), randn(2, 1, 16)]
         result = self.check(fp32_upcast_form, args, torch.bfloat16, {"adaln": 1})
         self.assertExpectedInline(result.before, """\
@@ -376,7 +376,7 @@ class <lambda>(torch.nn.Module):
         return (norm_modulate_default,)
 """)
 
-    def test_f1_one_plus_scale_elsewhere_fp32(self):
+    def test_adaln_one_plus_scale_elsewhere_fp32(self):
         result = self.check(one_plus_scale_elsewhere, [randn(2, 8, 16), randn(2, 32)], torch.float32, {"adaln": 1})
         self.assertExpectedInline(result.before, """\
 class <lambda>(torch.nn.Module):
@@ -410,7 +410,7 @@ class <lambda>(torch.nn.Module):
         return (norm_modulate_default,)
 """)
 
-    def test_f1_per_token_modulation_bf16(self):
+    def test_adaln_per_token_modulation_bf16(self):
         args = [randn(2, 8, 16, dtype=torch.bfloat16), randn(1, 1, 6, 16), randn(2, 8, 6, 16, dtype=torch.bfloat16)]
         result = self.check(per_token_modulation, args, torch.bfloat16, {"adaln": 1})
         self.assertExpectedInline(result.before, """\
@@ -451,7 +451,7 @@ class <lambda>(torch.nn.Module):
         return (norm_modulate_default,)
 """)
 
-    def test_f1_per_frame_modulation_fp32(self):
+    def test_adaln_per_frame_modulation_fp32(self):
         args = [randn(2, 12, 16), randn(2, 3, 1, 16), randn(2, 3, 1, 16)]
         result = self.check(per_frame_modulation, args, torch.float32, {"adaln": 1})
         self.assertExpectedInline(result.before, """\
@@ -478,7 +478,7 @@ class <lambda>(torch.nn.Module):
         return (norm_modulate_default,)
 """)
 
-    def test_f1_one_norm_two_modulations_bf16(self):
+    def test_adaln_one_norm_two_modulations_bf16(self):
         args = [randn(2, 8, 16, dtype=torch.bfloat16), randn(2, 96, dtype=torch.bfloat16)]
         result = self.check(one_norm_two_modulations, args, torch.bfloat16, {"adaln": 1})
         self.assertExpectedInline(result.before, """\
@@ -529,7 +529,7 @@ class <lambda>(torch.nn.Module):
 """)
         self.assertTrue(result.report.fused[0].pattern.endswith(" x2"))
 
-    def test_f2_gated_residual_bf16(self):
+    def test_residual_adaln_gated_residual_bf16(self):
         args = [randn(2, 8, 16, dtype=torch.bfloat16), randn(2, 8, 16, dtype=torch.bfloat16), randn(2, 48, dtype=torch.bfloat16)]
         result = self.check(gated_residual, args, torch.bfloat16, {"residual_adaln": 1})
         self.assertExpectedInline(result.before, """\
@@ -574,7 +574,7 @@ class <lambda>(torch.nn.Module):
         return (getitem_6, getitem_5)
 """)
 
-    def test_f2_x_times_gate_strided_residual_fp32(self):
+    def test_residual_adaln_x_times_gate_strided_residual_fp32(self):
         args = [randn(2, 16, 8), randn(2, 8, 16), randn(2, 1, 16), randn(2, 1, 16), randn(2, 1, 16)]
         result = self.check(gated_residual_x_times_gate, args, torch.float32, {"residual_adaln": 1})
         self.assertExpectedInline(result.before, """\
@@ -606,7 +606,7 @@ class <lambda>(torch.nn.Module):
         return (getitem_3, getitem_2)
 """)
 
-    def test_f2_fp32_form_bf16(self):
+    def test_residual_adaln_fp32_form_bf16(self):
         args = [randn(2, 8, 16, dtype=torch.bfloat16), randn(2, 8, 16, dtype=torch.bfloat16)]
         args += [randn(2, 1, 16), randn(2, 1, 16), randn(2, 1, 16)]
         result = self.check(gated_residual_fp32_form, args, torch.bfloat16, {"residual_adaln": 1})
@@ -640,7 +640,7 @@ class <lambda>(torch.nn.Module):
         return (getitem_3, getitem_2)
 """)
 
-    def test_f2_without_gate_fp32(self):
+    def test_residual_adaln_without_gate_fp32(self):
         args = [randn(2, 8, 16), randn(2, 8, 16), randn(2, 1, 16), randn(2, 1, 16)]
         result = self.check(plain_residual, args, torch.float32, {"residual_adaln": 1})
         self.assertExpectedInline(result.before, """\
@@ -668,7 +668,7 @@ class <lambda>(torch.nn.Module):
         return (getitem_3, getitem_2)
 """)
 
-    def test_f2_llm_rms_norm_bf16(self):
+    def test_residual_adaln_llm_rms_norm_bf16(self):
         # The weight is the same for every row: the op multiplies the normalized value by it as a
         # bare scale (False: no 1 +), after rounding it to r's dtype ('after_affine' of a norm with
         # no affine), as ``weight * h.to(r.dtype)`` does.
@@ -701,7 +701,7 @@ class <lambda>(torch.nn.Module):
         for out, expected in zip(result.output, llm_residual_rms_norm(*args), strict=True):
             self.assertTrue(torch.equal(out, expected))
 
-    def test_f2_llm_rms_norm_fp32(self):
+    def test_residual_adaln_llm_rms_norm_fp32(self):
         args = [randn(2, 8, 16), randn(2, 8, 16), randn(16)]
         result = self.check(llm_residual_rms_norm, args, torch.float32, {"residual_adaln": 1})
         self.assertExpectedInline(result.after, """\
@@ -713,7 +713,7 @@ class <lambda>(torch.nn.Module):
         return (getitem, getitem_1)
 """)
 
-    def test_f3_select01_fp32(self):
+    def test_adaln_per_token_modulation_choice_fp32(self):
         args = [randn(2, 8, 16), torch.randint(0, 2, (2, 8)), randn(2, 48), randn(2, 48)]
         result = self.check(select01, args, torch.float32, {"adaln": 1})
         self.assertExpectedInline(result.before, """\
@@ -765,7 +765,7 @@ class <lambda>(torch.nn.Module):
 """)
         self.assertIn("select01", result.report.fused[0].pattern)
 
-    def test_f3_select01_residual_bf16(self):
+    def test_residual_adaln_per_token_modulation_choice_bf16(self):
         args = [randn(2, 8, 16, dtype=torch.bfloat16), randn(2, 8, 16, dtype=torch.bfloat16), torch.randint(0, 2, (2, 8))]
         args += [randn(2, 48, dtype=torch.bfloat16), randn(2, 48, dtype=torch.bfloat16)]
         result = self.check(select01_residual, args, torch.bfloat16, {"residual_adaln": 1})
@@ -878,7 +878,7 @@ def test_fp32_modulation_with_bf16_x_fuses_and_promotes():
     assert result.output.dtype == torch.float32
 
 
-def test_residual_sum_used_only_by_the_norm_is_f1_not_f2():
+def test_residual_sum_used_only_by_the_norm_is_adaln_not_residual_adaln():
     # Nothing else needs r: residual_adaln would write it for nothing, so adaln takes the norm (x = the sum).
     def chain(residual, x, scale, shift):
         return F.layer_norm(residual + x, x.shape[-1:]) * (1 + scale) + shift
@@ -1246,7 +1246,7 @@ def test_cuda_size_rule(shape, producer, reason):
     assert found == reason if reason is None else reason in found
 
 
-def test_cuda_size_rule_for_f2_ignores_the_pointwise_producer():
+def test_cuda_size_rule_for_residual_adaln_ignores_the_pointwise_producer():
     # residual_adaln takes the residual add itself; nothing is split off Inductor's norm kernel.
     chain = fake_chain(fake_cuda(1, 4096, 3072), residual=True)
     assert ADALN.legality(chain) is None

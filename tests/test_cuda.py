@@ -55,12 +55,12 @@ def cuda_randn(*shape, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_f1_runs_the_triton_kernel_with_parity(dtype):
+def test_adaln_runs_the_triton_kernel_with_parity(dtype):
     compare_with_inductor(chain, [cuda_randn(2, 77, 3072, dtype=dtype), cuda_randn(2, 3 * 3072, dtype=dtype)], {"adaln": 1})
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_f2_and_f3_run_the_triton_kernel_with_parity(dtype):
+def test_residual_adaln_and_per_token_modulation_choice_run_the_triton_kernel_with_parity(dtype):
     x, residual = cuda_randn(2, 77, 1536, dtype=dtype), cuda_randn(2, 77, 1536, dtype=dtype)
     emb = cuda_randn(2, 3 * 1536, dtype=dtype)
     compare_with_inductor(gated_residual, [residual, x, emb], {"residual_adaln": 1})

@@ -241,7 +241,7 @@ class GraphDiffTest(helpers.GraphDiffTest):
         """The rope fusions' patterns."""
         return rope_records(result)
 
-    def test_f5_flux_interleaved_fp32(self) -> None:
+    def test_rope_flux_interleaved_fp32(self) -> None:
         """FLUX's real interleaved rotation: maps (0, 2, 1, 0), no norm, out fp32."""
         result = self.check(flux_rope, [randn(B, L, H, D), *real_tables()], torch.float32, ["rope[interleaved]"])
         self.assertExpectedInline(result.before, """\
@@ -276,7 +276,7 @@ class <lambda>(torch.nn.Module):
         return (rope_default,)
 """)
 
-    def test_f5_flux_interleaved_bf16(self) -> None:
+    def test_rope_flux_interleaved_bf16(self) -> None:
         """bf16 x with fp32 tables: the op reads the fp32 tables and writes bf16 once."""
         result = self.check(flux_rope, [randn(B, L, H, D, dtype=BF16), *real_tables()], BF16, ["rope[interleaved]"])
         self.assertExpectedInline(result.before, """\
@@ -314,7 +314,7 @@ class <lambda>(torch.nn.Module):
         return (rope_default,)
 """)
 
-    def test_f5_unbind_dim_2_half_split(self) -> None:
+    def test_rope_unbind_dim_2_half_split(self) -> None:
         """``reshape(..., 2, -1).unbind(-2)`` and ``cat([-x_imag, x_real])``: half-split pairs, maps (0, 1, D/2, 0)."""
         args = [randn(B, L, H, D), *real_tables(interleaved=False)]
         result = self.check(unbind_dim_2_rope, args, torch.float32, ["rope[half-split]"])
@@ -347,7 +347,7 @@ class <lambda>(torch.nn.Module):
         return (rope_default,)
 """)
 
-    def test_f5_llm_rotate_half_with_position_ids(self) -> None:
+    def test_rope_llm_rotate_half_with_position_ids(self) -> None:
         """HF rotate_half on [B, H, L, D]: the gathered [B, 1, L, D] tables are the op's tables, the gathers stay."""
         args = [randn(B, H, L, D), *real_tables(10, interleaved=False), torch.randint(0, 10, (B, L))]
         result = self.check(llm_rope, args, torch.float32, ["rope[half-split]"])
@@ -378,7 +378,7 @@ class <lambda>(torch.nn.Module):
         return (rope_default,)
 """)
 
-    def test_f5_qwen_complex64(self) -> None:
+    def test_rope_qwen_complex64(self) -> None:
         """Complex frequencies: one c64 table read as real part (cos) and imaginary part (sin)."""
         result = self.check(qwen_rope, [randn(B, L, H, D), complex_freqs()], torch.float32, ["rope[complex]"])
         self.assertExpectedInline(result.before, """\
@@ -400,7 +400,7 @@ class <lambda>(torch.nn.Module):
         return (rope_default,)
 """)
 
-    def test_f5_qwen_complex128(self) -> None:
+    def test_rope_qwen_complex128(self) -> None:
         """complex128 frequencies with fp32 x: the product is complex128, the op still writes fp32."""
         args = [randn(B, L, H, D), complex_freqs(dtype=torch.complex128)]
         result = self.check(qwen_rope, args, torch.float32, ["rope[complex]"])
@@ -424,7 +424,7 @@ class <lambda>(torch.nn.Module):
         return (rope_default,)
 """)
 
-    def test_f5_wan_slice_assignment_bf16(self) -> None:
+    def test_rope_wan_slice_assignment_bf16(self) -> None:
         """Wan's ``out[..., 0::2] = ...`` into ``empty_like``: the strided table slices are the op's tables."""
         cos, sin = real_tables()
         args = [randn(B, L, H, D, dtype=BF16), cos[None, :, None], sin[None, :, None]]
@@ -462,7 +462,7 @@ class <lambda>(torch.nn.Module):
         return (rope_default,)
 """)
 
-    def test_f5_partial_rotary(self) -> None:
+    def test_rope_partial_rotary(self) -> None:
         """``cat([rope(x[..., :R]), x[..., R:]], -1)``: rotary_dim R, the other dims pass through."""
         args = [randn(B, L, H, D), *real_tables(dim=ROTARY, interleaved=False)]
         result = self.check(partial_rope, args, torch.float32, ["rope[half-split partial]"])
@@ -496,7 +496,7 @@ class <lambda>(torch.nn.Module):
         return (rope_default,)
 """)
 
-    def test_f4_rms_norm_then_flux_rope_bf16(self) -> None:
+    def test_norm_rope_rms_norm_then_flux_rope_bf16(self) -> None:
         """Per-head ``F.rms_norm`` absorbed: norm 'head', rounded after the weight, the graph's eps."""
         args = [randn(B, L, H, D, dtype=BF16), randn(D, dtype=BF16), *real_tables()]
         result = self.check(rms_norm_flux_rope, args, BF16, ["rms_norm[weight]/half over each head -> rope[interleaved]"])
@@ -543,7 +543,7 @@ class <lambda>(torch.nn.Module):
         return (rope_default,)
 """)
 
-    def test_f4_diffusers_rms_norm_then_complex_rope_bf16(self) -> None:
+    def test_norm_rope_diffusers_rms_norm_then_complex_rope_bf16(self) -> None:
         """diffusers' RMSNorm with a bf16 weight absorbed: rounding 'before_and_after_weight'."""
         args = [randn(B, L, H, D, dtype=BF16), randn(D, dtype=BF16), complex_freqs()]
         pattern = "rms_norm[weight,fp32 statistics]/half over each head -> rope[complex]"
@@ -577,7 +577,7 @@ class <lambda>(torch.nn.Module):
         return (rope_default,)
 """)
 
-    def test_f4_rms_norm_across_heads_then_wan_rope_bf16(self) -> None:
+    def test_norm_rope_rms_norm_across_heads_then_wan_rope_bf16(self) -> None:
         """RMSNorm over H * D, unflatten, Wan rotation: norm 'heads' on the [B, L, H, D] view, weight [H * D]."""
         cos, sin = real_tables()
         args = [randn(B, L, H * D, dtype=BF16), randn(H * D, dtype=BF16), cos[None, :, None], sin[None, :, None]]
@@ -626,7 +626,7 @@ class <lambda>(torch.nn.Module):
         return (rope_default,)
 """)
 
-    def test_f4_heads_first_layout(self) -> None:
+    def test_norm_rope_heads_first_layout(self) -> None:
         """[B, H, L, D] from view + transpose: the op reads the transposed view, tables [1, 1, L, D]."""
         cos, sin = real_tables()
         args = [randn(B, L, H * D), randn(D), cos[None, None], sin[None, None]]
@@ -666,7 +666,7 @@ class <lambda>(torch.nn.Module):
         return (rope_default,)
 """)
 
-    def test_f4_flux_joint_cat_before_rope(self) -> None:
+    def test_norm_rope_flux_joint_cat_before_rope(self) -> None:
         """FLUX double block: two streams with their own weights and eps, each reading its rows of the joint table."""
         args = [randn(B, TEXT, H, D), randn(B, L, H, D), randn(D), randn(D), *real_tables(TEXT + L)]
         pattern = "rms_norm[weight]/fp32 over each head -> rope[interleaved] x2 streams"
@@ -720,7 +720,7 @@ class <lambda>(torch.nn.Module):
         return (rope_default,)
 """)
 
-    def test_f4_heads_first_joint_cat_along_dim_2(self) -> None:
+    def test_norm_rope_heads_first_joint_cat_along_dim_2(self) -> None:
         """[B, H, L, D] streams joined along dim 2: cat_dim 2, the joint table sliced along its L dim."""
         args = [randn(B, TEXT, H * D), randn(B, L, H * D), randn(D), randn(D), *real_tables(TEXT + L)]
         pattern = "rms_norm[weight]/fp32 over each head -> rope[interleaved] x2 streams"
@@ -782,7 +782,7 @@ class <lambda>(torch.nn.Module):
         return (rope_default,)
 """)
 
-    def test_f4_qwen_joint_cat_after_rope_bf16(self) -> None:
+    def test_norm_rope_qwen_joint_cat_after_rope_bf16(self) -> None:
         """Qwen-Image: each stream rotated with its own frequencies, then cat: one call, a table per stream."""
         args = [randn(B, TEXT, H, D, dtype=BF16), randn(B, L, H, D, dtype=BF16), randn(D, dtype=BF16), randn(D, dtype=BF16)]
         args += [complex_freqs(TEXT), complex_freqs()]
@@ -835,7 +835,7 @@ class <lambda>(torch.nn.Module):
         return (rope_default,)
 """)
 
-    def test_f4_hunyuan_double_rotated_image_then_text(self) -> None:
+    def test_norm_rope_hunyuan_double_rotated_image_then_text(self) -> None:
         """HunyuanVideo double block: the text stream is normalized with its own weight and has no table."""
         args = [randn(B, L, H, D), randn(B, TEXT, H, D), randn(D), randn(D), *real_tables()]
         pattern = "rms_norm[weight]/fp32 over each head -> rope[interleaved] x2 streams (some unrotated)"
@@ -885,7 +885,7 @@ class <lambda>(torch.nn.Module):
         return (rope_default,)
 """)
 
-    def test_f4_hunyuan_single_prefix_rope(self) -> None:
+    def test_norm_rope_hunyuan_single_prefix_rope(self) -> None:
         """HunyuanVideo single block: both streams are slices of one norm's input, the same weight and eps."""
         args = [randn(B, L + TEXT, H, D), randn(D), *real_tables()]
         pattern = "rms_norm[weight]/fp32 over each head -> rope[interleaved] x2 streams (some unrotated)"
@@ -933,7 +933,7 @@ class <lambda>(torch.nn.Module):
         return (rope_default,)
 """)
 
-    def test_f4_gqa_q_and_k(self) -> None:
+    def test_norm_rope_gqa_q_and_k(self) -> None:
         """q with 4 heads and k with 2 through one function: two calls sharing the table views."""
         args = [randn(B, L, 4, D), randn(B, L, 2, D), randn(D), randn(D), *real_tables()]
         pattern = "rms_norm[weight]/fp32 over each head -> rope[interleaved]"
