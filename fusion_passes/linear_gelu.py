@@ -51,11 +51,11 @@ _VIEWS = (aten.reshape.default, aten.view.default)
 _ANY_VIEW = RESHAPING_OPS | {aten.view.default, aten.permute.default, aten.select.int, aten.squeeze.dims}
 
 # --- Profitability on CUDA --------------------------------------------------------------------
-# Where the epilogue GEMM is measured faster than Inductor's GEMM then GELU kernel. Provisional,
-# from two probes on the H200 (bf16): [4096, 3072] -> 12288 0.534 -> 0.491 ms, [32760, 1536] -> 8960
-# 1.898 -> 1.445 ms. benchmarks/bench_linear_gelu.py measures the grid (tokens 256..32760, K, N)
-# this rule should be read from.
-MIN_CUDA_ROWS = 4096
+# Where the epilogue GEMM is measured faster than Inductor's GEMM then GELU kernel: every measured
+# shape from 1024 tokens up (H200, bf16, with bias: K 1536 and 3072, N 8960 and 12288, M 1024 to
+# 32760: 1.14-1.33x with CUDA graphs, 1.12-1.36x without; docs/BENCHMARKS.md run J). Below 1024
+# tokens it is not measured: left to Inductor.
+MIN_CUDA_ROWS = 1024
 
 
 def cuda_refusal(rows: int, inner: int, cols: int) -> str | None:

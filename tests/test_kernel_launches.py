@@ -32,7 +32,9 @@ def adaln(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Te
     return F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale) + shift
 
 
-def rewritten_for_cuda(fn: Callable[..., torch.Tensor], *operands: tuple[tuple[int, ...], torch.dtype]) -> tuple[str, list[dict]]:
+def rewritten_for_cuda(
+    fn: Callable[..., torch.Tensor], *operands: tuple[tuple[int, ...], torch.dtype], size_rule: bool = True
+) -> tuple[str, list[dict]]:
     """``fn`` traced on fake CUDA tensors ``(shape, dtype)`` or ``(shape, strides, dtype)`` and
     rewritten: its graph text (side-table indices as N) and the constant arguments of each launch."""
     mode = torch._subclasses.fake_tensor.FakeTensorMode()
@@ -41,7 +43,7 @@ def rewritten_for_cuda(fn: Callable[..., torch.Tensor], *operands: tuple[tuple[i
                 for shape, *rest in operands]
         gm = trace_post_grad(fn, args)
     with V.set_fake_mode(mode):
-        FusionPassManager(FusionConfig(devices=("cuda",)), report=FusionReport())(gm.graph)
+        FusionPassManager(FusionConfig(devices=("cuda",), size_rule=size_rule), report=FusionReport())(gm.graph)
     gm.recompile()
     hop = torch.ops.higher_order.triton_kernel_wrapper_functional
     constants = [kernel_side_table.get_constant_args(node.kwargs["constant_args_idx"])
@@ -106,8 +108,9 @@ class adaln(torch.nn.Module):
         def adaln_of_cat(text, image, scale, shift):
             return adaln(torch.cat([text, image], dim=1), scale, shift)
 
+        # (On CUDA the size rule leaves a norm of a cat to Inductor; the launch is checked without it.)
         text, (plan,) = rewritten_for_cuda(adaln_of_cat, ((1, 512, 3072), BF16), ((1, 4096, 3072), BF16),
-                                           ((1, 1, 3072), BF16), ((1, 1, 3072), BF16))
+                                           ((1, 1, 3072), BF16), ((1, 1, 3072), BF16), size_rule=False)
         (kwargs,) = re.findall(r"kwargs = (\{.*?\})", text)
         self.assertEqual(kwargs, "{'x_ptr': cat, 'scale_ptr': scale_1, 'scale_else_ptr': scale_1, 'shift_ptr': shift_1, "
                                  "'shift_else_ptr': shift_1, 'out_ptr': empty_memory_format}")
