@@ -176,8 +176,10 @@ def linear_of(h: torch.fx.Node) -> Linear | str:
     nodes = [h]
     node = h
     shape = None
-    if _view_of(node) is not None:
-        shape = tuple(node.args[1])
+    # Reshapes compose: the chain's result takes the outermost one's shape (a bf16 graph on CUDA
+    # reshapes the Linear's 2-D output twice before the GELU's upcast).
+    while _view_of(node) is not None:
+        shape = tuple(node.args[1]) if shape is None else shape
         node = node.args[0]
         nodes.append(node)
     if node.target is aten.addmm.default:

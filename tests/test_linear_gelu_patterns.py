@@ -380,3 +380,17 @@ def test_reference_matches_the_op_semantics_on_every_device() -> None:
     aten_cpu = torch.ops.aten._addmm_activation(bias, x, mat2, use_gelu=True)
     assert relative_error(aten_cpu, F.gelu(linear)) < 1e-6 < relative_error(aten_cpu, F.gelu(linear, approximate="tanh"))
     assert relative_error(linear_gelu_kernels.reference(x, mat2, bias), F.gelu(linear, approximate="tanh")) < 1e-6
+
+
+def test_a_linear_output_reshaped_twice_is_read_through_both_reshapes() -> None:
+    """A bf16 graph on CUDA reshapes the Linear's 2-D output twice before the GELU: the Linear is found
+    behind both, and the chain's result takes the outer reshape's shape."""
+    graph = torch.fx.Graph()
+    bias, x, mat2 = (graph.placeholder(name) for name in ("bias", "x", "mat2"))
+    addmm = graph.call_function(torch.ops.aten.addmm.default, (bias, x, mat2))
+    inner = graph.call_function(torch.ops.aten.reshape.default, (addmm, [2, 77, 6144]))
+    outer = graph.call_function(torch.ops.aten.reshape.default, (inner, [154, 6144]))
+    linear = linear_gelu.linear_of(outer)
+    assert isinstance(linear, linear_gelu.Linear), linear
+    assert (linear.x, linear.mat2, linear.bias, linear.shape) == (x, mat2, bias, (154, 6144))
+    assert linear.nodes == (outer, inner, addmm)
