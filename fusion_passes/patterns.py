@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from fusion_passes.compat import (
-    CallFunction, CallPattern, FailedMatch, Ignored, KeywordArg, Match, MatchContext, MatchResult, Multiple,
+    MULTIPLE, CallFunction, CallPattern, FailedMatch, Ignored, KeywordArg, Match, MatchContext, MatchResult, Multiple,
     MultiOutputPattern, PatternExpr, PatternNode, fwd_only, fx_to_pattern, is_aten_overload, is_match, size_hint,
     view_to_reshape,
 )
@@ -314,7 +314,11 @@ def generalize(pattern: PatternExpr, scalars: Sequence[str] = ("eps",)) -> Patte
         if len(expr.fns) == 1 and expr.fns[0] in _COMMUTATIVE and len(args) == 2 and not expr.kwargs:
             if all(isinstance(arg, PatternExpr) and arg.__class__ is not KeywordArg for arg in args):
                 args = [_maybe_cloned(arg) for arg in args]
-                return _or_divided_by_root(expr, Commutative(expr.fns, *args, _users=expr.users), rebuilt)
+                # The pattern's own output (no users in the pattern) may have any users in the
+                # graph. The matcher grants that to the root only, not to alternatives inside a
+                # OneOf at the root (a weightless RMSNorm's ``x * rsqrt(v)`` or ``x / sqrt(v)``).
+                users = MULTIPLE if expr.users == 0 else expr.users
+                return _or_divided_by_root(expr, Commutative(expr.fns, *args, _users=users), rebuilt, users)
             if expr.fns[0] is aten.add.Tensor:
                 return StrictCall(_ADD_SCALAR_FORMS, *args, _users=expr.users)
         if expr.fns == [aten.add.Scalar]:
@@ -325,7 +329,9 @@ def generalize(pattern: PatternExpr, scalars: Sequence[str] = ("eps",)) -> Patte
     return _rebuild(pattern, widen)
 
 
-def _or_divided_by_root(expr: CallFunction, product: Commutative, rebuilt: Callable[[Any], Any]) -> PatternExpr:
+def _or_divided_by_root(
+    expr: CallFunction, product: Commutative, rebuilt: Callable[[Any], Any], users: int | Multiple
+) -> PatternExpr:
     # A norm's ``a * rsqrt(v)`` may be written ``a / sqrt(v)``. Both round twice in fp32 (the root,
     # then the product or quotient): they differ by at most two fp32 ulps, which a rounding to
     # bf16 after them turns into a one-ulp difference in about one value in 10^5; the fused ops
@@ -335,7 +341,7 @@ def _or_divided_by_root(expr: CallFunction, product: Commutative, rebuilt: Calla
         return product
     root = expr.args[roots[0]]
     square_root = StrictCall(aten.sqrt.default, rebuilt(root.args[0]), _users=root.users)
-    return OneOf(product, StrictCall(aten.div.Tensor, product.args[1 - roots[0]], square_root, _users=expr.users))
+    return OneOf(product, StrictCall(aten.div.Tensor, product.args[1 - roots[0]], square_root, _users=users))
 
 
 def _maybe_cloned(arg: Any) -> Any:

@@ -86,14 +86,6 @@ KNOWN_GAPS: list[tuple[str, Callable[[Program, Chain], bool]]] = [
         lambda program, chain: chain.family == "residual_adaln" and "rms_llama" in chain.norms
         and chain.tolerance_dtype in (BF16, FP16),
     ),
-    # F.rms_norm over all heads without a weight, before the head split: the RoPE family's norm
-    # patterns do not match it (the matcher reports "multiple_users" on the weightless form), so the
-    # rotation fuses alone and nothing says why the norm stayed out (CI seed 6).
-    (
-        "an RMSNorm without weight over all heads before a RoPE is neither absorbed nor reported",
-        lambda program, chain: chain.family == "rope" and "norm=across heads" in chain.label
-        and any("F.rms_norm(" in line and ", None, " in line for line in chain.body),
-    ),
 ]
 
 

@@ -1291,3 +1291,18 @@ def test_a_norm_read_through_a_transpose_is_reported_as_not_absorbed(
         pattern,
     ), pattern
     assert_matches_fp64(result, fn, args, torch.float32)
+
+
+def weightless_norm_across_heads_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``F.rms_norm`` without weight over all heads of ``[B, L, H * D]``, the head split, then the interleaved rotation."""
+    q = F.rms_norm(x, x.shape[-1:], None, 1e-6).unflatten(-1, (H, D))
+    return interleaved_rotation(q, cos[:, None], sin[:, None])
+
+
+def test_weightless_norm_across_heads_is_absorbed() -> None:
+    """The weightless norm's pattern is ``x * rsqrt(v)`` or ``x / sqrt(v)`` at its root: it matches
+    however many users the norm's output has (it was neither absorbed nor reported)."""
+    args = [randn(B, L, H * D), *real_tables(interleaved=True)]
+    result = capture(weightless_norm_across_heads_rope, *args)
+    assert rope_records(result) == ["rms_norm/fp32 over all heads -> rope[interleaved]"]
+    assert_matches_fp64(result, weightless_norm_across_heads_rope, args, torch.float32)
