@@ -52,7 +52,7 @@ NEWEST_VENV = ROOT / ".venv-newest"
 # launch step, the interpreter): what a new torch or triton release breaks first. A slice, so that
 # this leg and the pinned one fit in CI's time together (its install downloads several GB).
 NEWEST_TESTS = ["tests/test_kernel_launches.py", "tests/test_adaln_patterns.py", "tests/test_rope_patterns.py",
-                "tests/test_compile_robustness.py"]
+                "tests/test_compile_robustness.py", "tests/test_linear_gelu_patterns.py"]
 
 
 def setup_newest() -> Path:
@@ -91,7 +91,7 @@ def main(argv: list[str]) -> int:
     else:
         setup()
         if argv[0] == "test" and len(argv) == 1:
-            print("dev.py: running the whole test suite: about 13 minutes on 2 CPU cores, one dot per test "
+            print("dev.py: running the whole test suite: about 15-22 minutes on 2 CPU cores, one dot per test "
                   "(pass pytest arguments to narrow it, e.g. -m 'not examples' or tests/test_report.py)", flush=True)
         code = subprocess.run([str(PYTHON), *commands[argv[0]], *argv[1:]], cwd=ROOT).returncode
     if argv[0].startswith("test") and code == 5:
