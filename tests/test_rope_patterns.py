@@ -13,6 +13,8 @@ import helpers
 from graph_capture import Capture, capture
 from helpers import assert_matches_fp64, relative_error
 
+import fusion_passes
+
 B, L, H, D = 2, 6, 3, 16
 TEXT = 4  # text tokens of the joint-sequence spellings
 ROTARY = 8  # rotated dims of the partial rotary spelling
@@ -1306,3 +1308,41 @@ def test_weightless_norm_across_heads_is_absorbed() -> None:
     result = capture(weightless_norm_across_heads_rope, *args)
     assert rope_records(result) == ["rms_norm/fp32 over all heads -> rope[interleaved]"]
     assert_matches_fp64(result, weightless_norm_across_heads_rope, args, torch.float32)
+
+
+def rotate_half_by_symbolic_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """transformers' rotate_half with the half taken from x's (symbolic, under dynamic=True) size."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def compile_dynamic_rotate_half(args: list[torch.Tensor]) -> torch.Tensor:
+    """``rotate_half_by_symbolic_half`` compiled with dynamic=True on CPU; its output."""
+    fusion_passes.reset_report()
+    compiled = torch.compile(rotate_half_by_symbolic_half, backend="fusion_passes", dynamic=True,
+                             options={"fusion_passes": {"devices": ("cpu",)}})
+    return compiled(*args)
+
+
+def test_symbolic_slice_bounds_are_specialized() -> None:
+    """Under dynamic=True the rotation's slice bounds are computed sizes (``x.shape[-1] // 2``): the
+    interpreter takes their values (the head dim is a constant of the fused op), so the rotation fuses."""
+    args = [randn(1, 3, 2, 16), *(table[:, None] for table in real_tables(tokens=3, dim=16, interleaved=False))]
+    torch.testing.assert_close(compile_dynamic_rotate_half(args), rotate_half_by_symbolic_half(*args))
+    assert [record.pattern for record in fusion_passes.report().fused] == ["rope[half-split]"]
+
+
+def test_a_rotation_the_interpreter_fails_on_is_a_near_miss(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure of our own interpreter leaves the rotation to Inductor and the report says so (it
+    used to be a log line only)."""
+    from fusion_passes.rope import columns
+
+    def failing(self, node):
+        raise TypeError("a failure of the interpreter")
+
+    monkeypatch.setattr(columns.Interpreter, "evaluate", failing)
+    args = [randn(1, 3, 2, 16), *(table[:, None] for table in real_tables(tokens=3, dim=16, interleaved=False))]
+    torch.testing.assert_close(compile_dynamic_rotate_half(args), rotate_half_by_symbolic_half(*args))
+    reasons = [miss.reason for miss in fusion_passes.report().near_misses]
+    assert reasons and all("the fusion's interpretation failed on this chain (TypeError: a failure of the interpreter)"
+                           in reason for reason in reasons), reasons

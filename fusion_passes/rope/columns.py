@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.fx.experimental.symbolic_shapes import guard_int
 
 from fusion_passes.rope.nodes import compile_time_size, same_sizes, size_is, value_of
 
@@ -108,9 +109,20 @@ def _times_table(entry: Entry, factor: Factor, sign: int = 1) -> Entry:
     return tuple((sign * s, column, factor) for s, column, _ in entry)
 
 
-def _resolved_slice(size: int, start: int | None, end: int | None, step: int) -> slice:
-    # The slice ``start:end:step`` of a dim of ``size``, with Python's bounds rules applied.
+def _resolved_slice(size: int, start: Any, end: Any, step: Any) -> slice:
+    # The slice ``start:end:step`` of a dim of ``size``, with Python's bounds rules applied. A bound
+    # that is a symbolic size (``x.shape[-1] // 2`` in a dynamic graph) is specialized to its value:
+    # the fused op's head dim is a compile-time constant anyway.
+    start, end, step = map(_static_bound, (start, end, step))
     return slice(*slice(start, end, step).indices(size))
+
+
+def _static_bound(bound: Any) -> Any:
+    # A slice bound as an int: a graph value (a computed size) read from its fake value, a symbolic
+    # size guarded to its value; None and ints as they are.
+    if isinstance(bound, torch.fx.Node):
+        bound = bound.meta.get("val")
+    return guard_int(bound) if isinstance(bound, torch.SymInt) else bound
 
 
 # --- The interpreter ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import torch
 from torch.fx.experimental.symbolic_shapes import guard_int
 
 from fusion_passes.compat import FakeTensorMode, detect_fake_mode, pytree, unset_fake_temporarily
-from fusion_passes.family import FusionFamily, PassRun
+from fusion_passes.family import FusionFamily, PassRun, internal_error
 from fusion_passes.kernels import rope as rope_kernels
 from fusion_passes.patterns import hinted
 from fusion_passes.report import outside_use_reason
@@ -149,14 +149,17 @@ class RopeFamily(FusionFamily[Group]):
     name = FAMILY_NAME
     description = "rotary embedding in any spelling, with the q/k RMSNorm before it and the cat of streams around it"
 
-    def candidates(self, graph: torch.fx.Graph) -> Iterator[Group]:
-        """Every rotation in ``graph`` (the last first), grouped into streams, with the norms it reads absorbed."""
+    def candidates(
+        self, graph: torch.fx.Graph, failures: list[tuple[torch.fx.Node, Exception]] | None = None
+    ) -> Iterator[Group]:
+        """Every rotation in ``graph`` (the last first), grouped into streams, with the norms it reads absorbed;
+        where interpreting a possible rotation failed on our side, ``failures`` gets the node and the error."""
         order = {node: index for index, node in enumerate(graph.nodes)}
         rotations, covered = [], set()
         for node in reversed(list(graph.nodes)):
             if node in covered:
                 continue
-            rotation = find_rotation(node, order)
+            rotation = find_rotation(node, order, failures)
             if rotation is not None:
                 rotations.append(rotation)
                 covered |= rotation.nodes
@@ -166,13 +169,18 @@ class RopeFamily(FusionFamily[Group]):
 
     def apply(self, graph: torch.fx.Graph, run: PassRun) -> None:
         """Fuse each group the verdict accepts; report the others."""
-        fused = 0
-        for group in self.candidates(graph):
+        fused, failures = 0, []
+        for group in self.candidates(graph, failures):
             reason = self.verdict(group, run)
             if reason is not None:
                 self.near_miss(run, group, reason)
             else:
                 fused += self.fuse(graph, group, run)
+        # A possible rotation our interpreter failed on (e.g. a slice bound that is a symbolic size)
+        # is a near miss, reported once per output node that is still in the graph.
+        for output, error in dict(failures).items():
+            if output.graph is graph and output.users:
+                run.report.add_near_miss(self.name, None, output, internal_error(self.name, "interpretation", output, error))
         if fused:
             graph.eliminate_dead_code()
 

@@ -13,7 +13,6 @@ import operator
 
 import torch
 
-from fusion_passes.report import logger
 from fusion_passes.rope.columns import HANDLERS, PAIRING_TARGETS, Entry, Factor, Interpreter, LinearValue, NotARotation
 from fusion_passes.rope.nodes import compile_time_size, is_float_tensor, same_sizes, value_of
 
@@ -172,8 +171,11 @@ def _derived_from(x: torch.fx.Node, candidates: list[torch.fx.Node], order: dict
     return derived
 
 
-def find_rotation(output: torch.fx.Node, order: dict[torch.fx.Node, int]) -> Rotation | None:
-    """The rotation ending at ``output`` from the earliest x that makes one, or None."""
+def find_rotation(
+    output: torch.fx.Node, order: dict[torch.fx.Node, int], failures: list[tuple[torch.fx.Node, Exception]] | None = None
+) -> Rotation | None:
+    """The rotation ending at ``output`` from the earliest x that makes one, or None; an interpretation
+    that failed on our side is added to ``failures`` (the family reports it)."""
     value = value_of(output)
     if not (is_float_tensor(value) and value.dim() >= 2 and (compile_time_size(value.shape[-1]) or 1) % 2 == 0):
         return None
@@ -197,6 +199,7 @@ def find_rotation(output: torch.fx.Node, order: dict[torch.fx.Node, int]) -> Rot
         except NotARotation:
             continue
         except Exception as error:  # noqa: BLE001  (a bug here must not fail the user's compile)
-            logger.warning("rope: interpreting %s from %s failed (%r); left unfused, please report", output, x, error)
+            if failures is not None:
+                failures.append((output, error))
             continue
     return None
