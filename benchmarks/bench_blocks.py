@@ -40,6 +40,18 @@ BLOCK_MODELS = {
 DEFAULT_CASES = "flux:256,flux:512,flux:1024,qwen_image:512,qwen_image:1024,wan:17x256x256,wan:81x480x832"
 
 
+def build_full_size(model_name: str, size: str, full_depth: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """``model_name`` at its full-size widths in bf16 on the GPU, one block of each kind (or its full
+    depth), and one step's inputs at ``size``: a video ``FxHxW`` or an image side in pixels."""
+    if model_name not in BLOCK_MODELS:
+        raise SystemExit(f"--cases: expected a model in {sorted(BLOCK_MODELS)}, got {model_name!r}")
+    builder, options = BLOCK_MODELS[model_name]
+    if full_depth:  # the block benchmark's options without its depth of one block per kind
+        options = {name: value for name, value in options.items() if not name.endswith("layers")}
+    resolution = dict(video=size) if "x" in size else dict(pixels=int(size))
+    return model_zoo.build(builder, torch.bfloat16, "cuda", size="full", **options, **resolution)
+
+
 def record_block_inputs(model: torch.nn.Module, inputs: dict[str, Any]) -> dict[str, tuple[torch.nn.Module, tuple, dict]]:
     """One block of each repeated class with the args and kwargs it saw in an eager forward."""
     blocks: dict[str, tuple[torch.nn.Module, tuple, dict]] = {}
@@ -111,10 +123,8 @@ def main() -> None:
     cases = args.cases.split(",")
     for number, case in enumerate(cases, 1):
         model_name, size = case.split(":")
-        builder, kwargs = BLOCK_MODELS[model_name]
-        resolution = dict(video=size) if "x" in size else dict(pixels=int(size))  # a video FxHxW, or an image side
         with progress(f"case {number} of {len(cases)}, {case}: building one block of each kind and recording their inputs"):
-            model, inputs = model_zoo.build(builder, torch.bfloat16, "cuda", size="full", **kwargs, **resolution)
+            model, inputs = build_full_size(model_name, size)
             blocks = record_block_inputs(model, inputs)
         for block_name, (block, block_args, block_kwargs) in blocks.items():
             row = bench_block(block_name, block, block_args, block_kwargs)

@@ -20,24 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_blocks import BLOCK_MODELS, first_tensor, model_zoo, relative_error
+from bench_blocks import build_full_size, first_tensor, relative_error
 
 import fusion_passes
 from fusion_passes.progress import progress
 from timing import back_to_back_ms
 
 DEFAULT_CASES = "flux:1024,qwen_image:1024,wan:81x480x832"
-
-
-def build(model_name: str, size: str) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The full-depth transformer (examples/model_zoo.py's full size) and one step's inputs, in bf16 on the GPU."""
-    if model_name not in BLOCK_MODELS:
-        raise SystemExit(f"--cases: expected a model in {sorted(BLOCK_MODELS)}, got {model_name!r}")
-    builder, block_kwargs = BLOCK_MODELS[model_name]
-    # The block benchmark's options without its depth of one block per kind: the model's full depth.
-    options = {name: value for name, value in block_kwargs.items() if not name.endswith("layers")}
-    resolution = dict(video=size) if "x" in size else dict(pixels=int(size))
-    return model_zoo.build(builder, torch.bfloat16, "cuda", size="full", **options, **resolution)
 
 
 def step_ms(model: torch.nn.Module, inputs: dict[str, Any]) -> tuple[float, torch.Tensor]:
@@ -50,7 +39,7 @@ def step_ms(model: torch.nn.Module, inputs: dict[str, Any]) -> tuple[float, torc
 def bench_case(model_name: str, size: str) -> dict[str, Any]:
     """Eager, Inductor alone and the backend on one model at one size."""
     with progress("  building the full-depth model (random weights)"):
-        model, inputs = build(model_name, size)
+        model, inputs = build_full_size(model_name, size, full_depth=True)
     row: dict[str, Any] = {"case": f"{model_name}:{size}", "params_b": sum(p.numel() for p in model.parameters()) / 1e9}
     with progress("  timing eager"):
         row["eager_ms"], _ = step_ms(model, inputs)

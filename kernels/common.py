@@ -89,8 +89,13 @@ def kernel_or_reference(
         raise ValueError(error)
     if device_tensor.device.type != "cuda" or unsupported_reason(call) is not None:
         return reference(call)
-    # Triton launches on the current device; the operands may live on another one.
-    if device_tensor.device.index == torch.cuda.current_device():
-        return launch(call)
-    with torch.cuda.device(device_tensor.device):
-        return launch(call)
+    return on_device_of(device_tensor, launch, call)
+
+
+def on_device_of(tensor: torch.Tensor, launch: Callable[..., Result], *args: object) -> Result:
+    """``launch(*args)`` with ``tensor``'s CUDA device current: Triton launches on the current device,
+    and the operands may live on another one."""
+    if tensor.device.index == torch.cuda.current_device():
+        return launch(*args)
+    with torch.cuda.device(tensor.device):
+        return launch(*args)

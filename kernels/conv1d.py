@@ -39,7 +39,9 @@ import triton
 import triton.language as tl
 
 from fusion_passes.compat import assert_async
-from fusion_passes.kernels.common import SUPPORTED_DTYPES, check_devices, device_error, kernel_or_reference, needs_dispatcher
+from fusion_passes.kernels.common import (
+    SUPPORTED_DTYPES, check_devices, device_error, kernel_or_reference, needs_dispatcher, on_device_of,
+)
 from fusion_passes.kernels.launch import DirectLaunch, KernelLaunch, NotEmittable, fused_op, size_hint
 
 ACTIVATIONS = ("none", "silu")
@@ -96,7 +98,7 @@ class CausalConv1d:
     @property
     def final_states_dtype(self) -> torch.dtype:
         """The dtype of the final states: the initial states', else x's."""
-        return self.initial_states.dtype if self.initial_states is not None else self.x.dtype
+        return final_states_dtype(self.x, self.initial_states)
 
     def named_operands(self) -> list[tuple[str, torch.Tensor | None]]:
         """Every tensor operand by its argument name."""
@@ -107,8 +109,18 @@ class CausalConv1d:
 
     def empty_final_states(self) -> torch.Tensor:
         """An uninitialized ``[S, C, K - 1]`` final-states output."""
-        shape = (self.sequences, self.channels, self.width - 1)
-        return torch.empty(shape, dtype=self.final_states_dtype, device=self.x.device)
+        return empty_final_states(self.x, self.weight, self.sequences, self.initial_states)
+
+
+def final_states_dtype(x: torch.Tensor, initial_states: torch.Tensor | None) -> torch.dtype:
+    """The dtype of the final states: the initial states', else x's."""
+    return initial_states.dtype if initial_states is not None else x.dtype
+
+
+def empty_final_states(x: torch.Tensor, weight: torch.Tensor, sequences: int, initial_states: torch.Tensor | None) -> torch.Tensor:
+    """An uninitialized ``[S, C, K - 1]`` final-states output (``final_states_dtype``)."""
+    shape = (sequences, x.shape[-2], weight.shape[1] - 1)
+    return torch.empty(shape, dtype=final_states_dtype(x, initial_states), device=x.device)
 
 
 def argument_error(call: CausalConv1d) -> str | None:
@@ -576,7 +588,7 @@ def causal_conv1d_varlen(
         return causal_conv1d_varlen_op(*arguments)
     # A serving loop calls this eagerly: straight to the implementation the op would run, planned
     # once per operand layout.
-    return _eager_packed(*arguments)
+    return _eager_packed(arguments)
 
 
 # --- Eager packed calls ------------------------------------------------------------------------
@@ -602,11 +614,13 @@ def _operand_layout(tensor: torch.Tensor | None) -> tuple[object, ...] | None:
     return None if tensor is None else (tensor.shape, tensor.stride(), tensor.dtype, tensor.device)
 
 
-def _eager_packed(x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen):
-    # The op's implementation with its checks and launch plan looked up by the operands' layout
-    # (everything but the token count, which changes on every serving step).
+def _eager_packed(arguments: tuple[object, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    # The op's implementation for its ``arguments`` (in the op's order), with its checks and launch plan
+    # looked up by the operands' layout (everything but the token count, which changes on every
+    # serving step).
+    x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen = arguments
     if x.dim() != 2:
-        return _run(_packed_call(x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen))
+        return _run(_packed_call(*arguments))
     key = (
         x.shape[0], x.stride(0) < x.stride(1), x.dtype, x.device, _operand_layout(weight), _operand_layout(bias),
         _operand_layout(cu_seqlens), _operand_layout(initial_states), _operand_layout(has_initial_state), activation,
@@ -614,7 +628,7 @@ def _eager_packed(x, weight, bias, cu_seqlens, initial_states, has_initial_state
     )
     plan = _PACKED_PLANS.get(key)
     if plan is None:
-        call = _packed_call(x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen)
+        call = _packed_call(*arguments)
         error = argument_error(call)
         plan = _PackedPlan(error, error is None and x.device.type == "cuda" and unsupported_reason(call) is None)
         if len(_PACKED_PLANS) >= _MAX_PACKED_PLANS:
@@ -623,19 +637,16 @@ def _eager_packed(x, weight, bias, cu_seqlens, initial_states, has_initial_state
     if plan.error is not None:
         raise ValueError(plan.error)
     if not plan.on_kernel:
-        return reference(_packed_call(x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen))
-    if x.device.index != torch.cuda.current_device():  # Triton launches on the current device
-        with torch.cuda.device(x.device):
-            return _launch_packed(plan, x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen)
-    return _launch_packed(plan, x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen)
+        return reference(_packed_call(*arguments))
+    return on_device_of(x, _launch_packed, plan, arguments)
 
 
-def _launch_packed(plan, x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen):
+def _launch_packed(plan: _PackedPlan, arguments: tuple[object, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    x, weight, bias, cu_seqlens, initial_states, has_initial_state, _, max_seqlen = arguments
     channels, total = x.shape
     sequences = cu_seqlens.shape[0] - 1
     out = output_like(x, x.dtype)
-    final = torch.empty((sequences, channels, weight.shape[1] - 1), device=x.device,
-                        dtype=initial_states.dtype if initial_states is not None else x.dtype)
+    final = empty_final_states(x, weight, sequences, initial_states)
     if _nothing_to_do(sequences, out, final):
         return out, final
     max_tokens = total if max_seqlen is None else min(max_seqlen, total)
@@ -643,8 +654,7 @@ def _launch_packed(plan, x, weight, bias, cu_seqlens, initial_states, has_initia
     int64 = _needs_int64(x, out)
     launch = plan.launches.get((config, int64))
     if launch is None:
-        call = _packed_call(x, weight, bias, cu_seqlens, initial_states, has_initial_state, activation, max_seqlen)
-        planned = kernel_launch(call, out, final, config)
+        planned = kernel_launch(_packed_call(*arguments), out, final, config)
         launch = plan.launches[config, int64] = DirectLaunch(planned.kernel, planned.arguments, _PACKED_RUNTIME_ARGUMENTS)
     flags = has_initial_state.view(torch.uint8) if has_initial_state is not None else None
     launch.launch(

@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+import triton
+import triton.runtime
 
 from fusion_passes.compat import emit_triton_kernel
 from fusion_passes.compat import size_hint as compile_time_value
@@ -112,17 +114,13 @@ def _specialization(value: Any) -> Any:
 def _launch_hooks() -> bool:
     # A profiler's launch hooks (Proton) need Triton's own launch path. (Triton 3.6 keeps each hook
     # as a chain, empty but not None when nothing is installed.)
-    import triton
-
     runtime = triton.knobs.runtime
     return any(hook is not None and getattr(hook, "calls", True)
                for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook))
 
 
 def _current_stream() -> int:
-    from triton.runtime import driver
-
-    active = driver.active
+    active = triton.runtime.driver.active
     return active.get_current_stream(active.get_current_device())
 
 
@@ -132,8 +130,6 @@ def _configured(kernel: Any, options: tuple[tuple[str, int], ...]) -> Any:
     # the kernel side table holds each once).
     if not options:
         return kernel
-    import triton
-
     return triton.autotune(configs=[triton.Config({}, **dict(options))], key=[])(kernel)
 
 
@@ -161,8 +157,6 @@ def with_constexprs(kernel: Any, names: frozenset[str]) -> Any:
     linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
     namespace: dict[str, Any] = {}
     exec(compile(source, filename, "exec"), kernel.fn.__globals__, namespace)  # noqa: S102  (our own kernel's source)
-    import triton
-
     return triton.jit(namespace[function.name])
 
 
