@@ -8,6 +8,7 @@ was checked on torch 2.11 (H200 GPU machine), 2.13 and 2.15 (CPU): the suite pas
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -252,3 +253,47 @@ def emit_triton_kernel(kernel: Any, constants: dict[str, Any], **launch: Any) ->
         constant_args_idx=kernel_side_table.add_constant_args(constants),
         **launch,
     )
+
+
+# --- Inductor's C++ launcher for a compiled Triton kernel (torch._inductor.runtime) ----------------
+# ``static_triton_launcher`` from torch 2.13 (checked on 2.13 and 2.15, CPU: import only),
+# ``static_cuda_launcher`` before (checked on 2.11, H200). Inductor launches its own kernels and
+# user-defined Triton kernels through it; an eager launch of ours saves Triton's Python launcher.
+
+
+def static_cuda_launcher(compiled: Any, device: int, cubin_directory: str) -> tuple[Callable[..., None], tuple[int, ...]] | None:
+    """Inductor's C++ launcher for ``compiled`` (a Triton ``CompiledKernel``) loaded on ``device``.
+
+    Returns ``(launch, positions)``: ``launch(grid_x, grid_y, grid_z, stream, arguments)`` with
+    ``arguments`` the kernel's parameters at ``positions`` (its constexprs dropped); None where this
+    torch has no such launcher or it does not take this kernel (launch hooks, scratch memory, ...).
+    """
+    import importlib
+    import os
+
+    for name in ("static_triton_launcher", "static_cuda_launcher"):
+        try:
+            module = importlib.import_module(f"torch._inductor.runtime.{name}")
+            break
+        except ImportError:
+            continue
+    else:
+        return None
+    try:
+        compiled._cubin_path = None  # Inductor's own attribute; the launcher then loads the cubin bytes
+        kernel = module.StaticallyLaunchedCudaKernel(compiled)
+        kernel.reload_cubin_from_raw(os.path.join(cubin_directory, f"{compiled.hash}.cubin"))
+        kernel.load_kernel(device)
+    except Exception:  # noqa: BLE001  (any refusal leaves Triton's own launcher in charge)
+        return None
+    constexprs = set(kernel.full_constexprs)
+    positions = tuple(i for i in range(len(kernel.arg_names)) if i not in constexprs)
+    scratch = (None,) * (kernel.has_global_scratch + kernel.has_profile_scratch)
+    types = kernel.arg_tys + "O" * len(scratch)
+    launch_kernel, function, warps, shared = kernel.C_impl._launch_kernel, kernel.function, kernel.num_warps, kernel.shared
+
+    def launch(grid_x: int, grid_y: int, grid_z: int, stream: int, arguments: tuple[Any, ...], _owner: Any = kernel) -> None:
+        # (_owner keeps the loaded module alive: the launcher unloads it when collected.)
+        launch_kernel(function, grid_x, grid_y, grid_z, warps, shared, types, arguments + scratch, stream)
+
+    return launch, positions

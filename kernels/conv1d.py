@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import torch
 import triton
@@ -601,6 +602,20 @@ class _PackedPlan:
     error: str | None
     on_kernel: bool  # else the reference computes it
     launches: dict[tuple[LaunchConfig, bool], DirectLaunch] = dataclasses.field(default_factory=dict)
+    # Per token count (and x's strides, max_seqlen): the outputs' layout, the grid and the launch.
+    sized: dict[tuple[object, ...], _SizedLaunch] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class _SizedLaunch:
+    """An eager packed call's outputs and launch for one token count."""
+
+    out_shape: tuple[int, ...]
+    out_strides: tuple[int, ...]
+    final_shape: tuple[int, ...]
+    final_dtype: torch.dtype
+    grid: tuple[int, int, int]
+    launch: DirectLaunch | None  # None: nothing to compute
 
 
 # The launch arguments that change from call to call of one layout; the rest are planned.
@@ -631,9 +646,7 @@ def _eager_packed(arguments: tuple[object, ...]) -> tuple[torch.Tensor, torch.Te
         call = _packed_call(*arguments)
         error = argument_error(call)
         plan = _PackedPlan(error, error is None and x.device.type == "cuda" and unsupported_reason(call) is None)
-        if len(_PACKED_PLANS) >= _MAX_PACKED_PLANS:
-            _PACKED_PLANS.clear()
-        _PACKED_PLANS[key] = plan
+        _bounded_insert(_PACKED_PLANS, key, plan)
     if plan.error is not None:
         raise ValueError(plan.error)
     if not plan.on_kernel:
@@ -641,24 +654,47 @@ def _eager_packed(arguments: tuple[object, ...]) -> tuple[torch.Tensor, torch.Te
     return on_device_of(x, _launch_packed, plan, arguments)
 
 
+def _bounded_insert(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    # A serving loop's token counts are unbounded; so is the set of layouts a program may pass.
+    if len(cache) >= _MAX_PACKED_PLANS:
+        cache.clear()
+    cache[key] = value
+
+
 def _launch_packed(plan: _PackedPlan, arguments: tuple[object, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     x, weight, bias, cu_seqlens, initial_states, has_initial_state, _, max_seqlen = arguments
+    total = x.shape[1]
+    x_strides = x.stride()
+    sized = plan.sized.get((total, x_strides, max_seqlen))
+    if sized is None:
+        sized = _size_launch(plan, arguments)
+        _bounded_insert(plan.sized, (total, x_strides, max_seqlen), sized)
+    out = torch.empty_strided(sized.out_shape, sized.out_strides, dtype=x.dtype, device=x.device)
+    final = torch.empty(sized.final_shape, dtype=sized.final_dtype, device=x.device)
+    if sized.launch is not None:
+        flags = has_initial_state.view(torch.uint8) if has_initial_state is not None else None
+        sized.launch.launch(
+            sized.grid,
+            (x, weight, bias, out, cu_seqlens, initial_states, flags, final, total, *x_strides, *sized.out_strides),
+        )
+    return out, final
+
+
+def _size_launch(plan: _PackedPlan, arguments: tuple[object, ...]) -> _SizedLaunch:
+    # The outputs' layout, grid and launch of an eager packed call at its token count.
+    x, weight, _, cu_seqlens, initial_states, _, _, max_seqlen = arguments
     channels, total = x.shape
     sequences = cu_seqlens.shape[0] - 1
     out = output_like(x, x.dtype)
     final = empty_final_states(x, weight, sequences, initial_states)
-    if _nothing_to_do(sequences, out, final):
-        return out, final
     max_tokens = total if max_seqlen is None else min(max_seqlen, total)
     config = launch_config(channels, max_tokens, x.stride(0) == 1 and total > 1)
-    int64 = _needs_int64(x, out)
-    launch = plan.launches.get((config, int64))
-    if launch is None:
-        planned = kernel_launch(_packed_call(*arguments), out, final, config)
-        launch = plan.launches[config, int64] = DirectLaunch(planned.kernel, planned.arguments, _PACKED_RUNTIME_ARGUMENTS)
-    flags = has_initial_state.view(torch.uint8) if has_initial_state is not None else None
-    launch.launch(
-        _grid(sequences, channels, max_tokens, config),
-        (x, weight, bias, out, cu_seqlens, initial_states, flags, final, total, *x.stride(), *out.stride()),
-    )
-    return out, final
+    launch = None
+    if not _nothing_to_do(sequences, out, final):
+        int64 = _needs_int64(x, out)
+        launch = plan.launches.get((config, int64))
+        if launch is None:
+            planned = kernel_launch(_packed_call(*arguments), out, final, config)
+            launch = plan.launches[config, int64] = DirectLaunch(planned.kernel, planned.arguments, _PACKED_RUNTIME_ARGUMENTS)
+    return _SizedLaunch(tuple(out.shape), out.stride(), tuple(final.shape), final.dtype,
+                        _grid(sequences, channels, max_tokens, config), launch)

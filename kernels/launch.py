@@ -15,6 +15,8 @@ import dataclasses
 import functools
 import inspect
 import linecache
+import os
+import tempfile
 import textwrap
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -23,7 +25,7 @@ import torch
 import triton
 import triton.runtime
 
-from fusion_passes.compat import emit_triton_kernel
+from fusion_passes.compat import emit_triton_kernel, static_cuda_launcher
 from fusion_passes.compat import size_hint as compile_time_value
 
 
@@ -73,8 +75,9 @@ class DirectLaunch:
     arguments change between its calls (``runtime``); the others are fixed here. A compiled variant
     is then found by what Triton specializes the changing arguments on (an int's equality to 1,
     divisibility by 16 and 32/64-bit range; a pointer's 16-byte alignment) and launched with
-    positional arguments. The first launch of each variant goes through Triton's JIT, which compiles
-    it (or finds it in its cache).
+    positional arguments, through Inductor's C++ launcher where this torch has one (a few
+    microseconds), else through the compiled kernel's own. The first launch of each variant goes
+    through Triton's JIT, which compiles it (or finds it in its cache).
     """
 
     def __init__(self, kernel: Any, arguments: Mapping[str, Any], runtime: tuple[str, ...]) -> None:
@@ -86,20 +89,50 @@ class DirectLaunch:
             raise ValueError(f"arguments: missing kernel parameters {missing}")
         self.template = [arguments[name] for name in names]
         self.positions = tuple(names.index(name) for name in runtime)
-        self.variants: dict[tuple[Any, ...], Any] = {}
+        self.variants: dict[tuple[Any, ...], _CompiledVariant] = {}
 
     def launch(self, grid: tuple[int, int, int], values: tuple[Any, ...]) -> None:
         """Launch on the current CUDA device and stream with the ``runtime`` arguments ``values``."""
-        arguments = self.template.copy()
-        for position, value in zip(self.positions, values):
-            arguments[position] = value
         key = tuple(map(_specialization, values))
-        compiled = self.variants.get(key)
-        if compiled is None or _launch_hooks():
-            self.variants[key] = self.kernel[grid](*arguments, **self.options)
+        variant = self.variants.get(key)
+        if variant is None or _launch_hooks():
+            arguments = self.template.copy()
+            for position, value in zip(self.positions, values):
+                arguments[position] = value
+            compiled = self.kernel[grid](*arguments, **self.options)
+            self.variants[key] = _CompiledVariant(compiled, self.template, self.positions)
             return
-        stream = _current_stream()
-        compiled.run(*grid, stream, compiled.function, compiled.packed_metadata, None, None, None, *arguments)
+        variant.launch(grid, _current_stream(), values)
+
+
+class _CompiledVariant:
+    """One compiled specialization of a DirectLaunch's kernel, launched with its runtime values."""
+
+    def __init__(self, compiled: Any, template: list[Any], positions: tuple[int, ...]) -> None:
+        static = static_cuda_launcher(compiled, torch.cuda.current_device(), _CUBIN_DIRECTORY)
+        self.inductor_launcher = static is not None
+        if static is None:
+            # Triton's launcher takes every parameter (it skips the constexprs itself).
+            kept = tuple(range(len(template)))
+            self._run = lambda grid, stream, arguments: compiled.run(
+                *grid, stream, compiled.function, compiled.packed_metadata, None, None, None, *arguments)
+        else:
+            launch, kept = static
+            self._run = lambda grid, stream, arguments: launch(*grid, stream, tuple(arguments))
+        slot = {position: index for index, position in enumerate(kept)}
+        self.template = [template[position] for position in kept]
+        # (slot in the launch's arguments, index in the runtime values), for the values the launch takes.
+        self.slots = tuple((slot[position], index) for index, position in enumerate(positions) if position in slot)
+
+    def launch(self, grid: tuple[int, int, int], stream: int, values: tuple[Any, ...]) -> None:
+        """Launch with the runtime ``values`` (in the DirectLaunch's ``runtime`` order)."""
+        arguments = self.template.copy()
+        for slot, index in self.slots:
+            arguments[slot] = values[index]
+        self._run(grid, stream, arguments)
+
+
+_CUBIN_DIRECTORY = os.path.join(tempfile.gettempdir(), "fusion_passes-cubin")
 
 
 def _specialization(value: Any) -> Any:
